@@ -1,0 +1,47 @@
+# Set-up and everyday commands. `make demo` and `make test` install what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine kind serves a CPU build of this torch from local disk. With a CUDA torch already in the
+# venv (install it first, from pytorch.org's instructions), this step is skipped and torch is kept.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.broadclass-installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo demo-accent test test-all lint ui bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m broadclass.train +experiment=demo
+
+demo-accent: install
+	$(PY) -m broadclass.train +experiment=demo_accent
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: install
+	$(VENV)/bin/ruff check broadclass tests benchmarks
+	$(VENV)/bin/ruff format --check broadclass tests benchmarks
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000
+
+# Regenerate the pinned lock from the current venv (torch excluded: it is the user's choice of build).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|broadclass)' > requirements.lock
+
+clean:
+	rm -rf outputs multirun cache .pytest_cache

@@ -1,0 +1,78 @@
+"""Audio decoding (soundfile), down-mixing, resampling (soxr) and a disk cache of the result.
+
+Decoding and resampling happen once per file: the 16 kHz float32 waveform is cached as ``.npy`` keyed
+by the file's path, size, mtime and the target rate, so epochs 2..N only read an array from disk (the
+page cache keeps it in memory on small corpora) and a changed file is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+
+class AudioError(RuntimeError):
+    """An audio file that cannot be used; the message names the file and the reason."""
+
+
+def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
+    """Mono float32 waveform of ``path`` at ``sample_rate``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
+        raise AudioError(f"cannot decode audio file {path}: {err}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file has no samples: {path}")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def normalize(wave: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the utterance's real length, as Wav2Vec2FeatureExtractor does."""
+    wave = wave.astype(np.float32, copy=False)
+    return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+
+
+class AudioCache:
+    """Resampled waveforms on disk, one ``.npy`` per (file, size, mtime, rate)."""
+
+    def __init__(self, directory: str | Path | None, sample_rate: int = 16_000):
+        self.directory = Path(directory) if directory else None
+        self.sample_rate = sample_rate
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, path: Path) -> str:
+        stat = path.stat()
+        ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.sample_rate}"
+        return hashlib.sha1(ident.encode()).hexdigest()
+
+    def load(self, path: str | Path) -> np.ndarray:
+        path = Path(path)
+        if self.directory is None:
+            return decode(path, self.sample_rate)
+        if not path.is_file():
+            raise AudioError(f"audio file not found: {path}")
+        cached = self.directory / f"{self._key(path)}.npy"
+        try:
+            return np.load(cached)
+        except (FileNotFoundError, ValueError, OSError):
+            pass
+        wave = decode(path, self.sample_rate)
+        # Written under a temporary name and renamed, so concurrent workers never read half a file.
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".npy.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, wave)
+        os.replace(tmp, cached)
+        return wave

@@ -1,0 +1,69 @@
+"""Greedy CTC decoding and the utterance-category decision rules.
+
+Everything that scales with frames runs on the model's device; only the collapsed token ids (a few
+dozen per utterance) cross to the host, once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+RULES = ("vote", "posterior", "head")
+
+
+def frame_mask(output_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+    return torch.arange(num_frames, device=output_lengths.device)[None, :] < output_lengths[:, None]
+
+
+def greedy_decode(logits: torch.Tensor, output_lengths: torch.Tensor, blank_id: int = 0) -> list[list[int]]:
+    """Best path per utterance: argmax per frame, repeats collapsed, blanks dropped."""
+    best = logits.argmax(dim=-1)
+    previous = torch.nn.functional.pad(best[:, :-1], (1, 0), value=-1)
+    keep = (best != blank_id) & (best != previous) & frame_mask(output_lengths, best.shape[1])
+    counts = keep.sum(dim=1).tolist()
+    flat = best[keep].tolist()
+    out, start = [], 0
+    for n in counts:
+        out.append(flat[start : start + n])
+        start += n
+    return out
+
+
+def category_posteriors(
+    logits: torch.Tensor, output_lengths: torch.Tensor, token_category: torch.Tensor, num_categories: int
+) -> torch.Tensor:
+    """Per utterance, each category's probability mass summed over real frames, normalised to sum 1.
+
+    Blank and word-boundary tokens (category -1) carry no category evidence and are left out.
+    """
+    probs = logits.float().softmax(dim=-1)
+    probs = probs * frame_mask(output_lengths, logits.shape[1]).unsqueeze(-1)
+    assignment = torch.zeros(token_category.numel(), num_categories, device=logits.device)
+    tagged = token_category >= 0
+    assignment[tagged.nonzero().squeeze(1), token_category[tagged]] = 1.0
+    mass = probs.sum(dim=1) @ assignment
+    return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def vote(decoded: Sequence[Sequence[int]], token_category: Sequence[int], num_categories: int) -> torch.Tensor:
+    """Majority of the decoded tokens' category tags; ties go to the lowest id; nothing decoded → 0."""
+    preds = []
+    for ids in decoded:
+        counts = [0] * num_categories
+        for i in ids:
+            if token_category[i] >= 0:
+                counts[token_category[i]] += 1
+        preds.append(max(range(num_categories), key=lambda k: (counts[k], -k)))
+    return torch.tensor(preds, dtype=torch.long)
+
+
+def vote_share(decoded: Sequence[Sequence[int]], token_category: Sequence[int], num_categories: int) -> torch.Tensor:
+    """Share of decoded category-tagged tokens per category (all zeros when nothing was decoded)."""
+    shares = torch.zeros(len(decoded), num_categories)
+    for row, ids in enumerate(decoded):
+        for i in ids:
+            if token_category[i] >= 0:
+                shares[row, token_category[i]] += 1
+    return shares / shares.sum(dim=1, keepdim=True).clamp_min(1)

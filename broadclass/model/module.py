@@ -1,0 +1,180 @@
+"""LightningModule: wav2vec2 encoder + CTC head, optional utterance-category head, the report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from broadclass.data.labels import LabelMap
+from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
+from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
+from broadclass.model.encoder import build_network
+
+
+class BroadClassModule(pl.LightningModule):
+    def __init__(
+        self,
+        labels: LabelMap,
+        pretrained: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        freeze_feature_encoder: bool = True,
+        lr: float = 3e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 200,
+        decision_rule: str = "posterior",
+        category_head_weight: float = 0.0,
+        ctc_loss_reduction: str = "mean",
+    ):
+        super().__init__()
+        if decision_rule not in RULES:
+            raise ValueError(f"model.decision_rule must be one of {RULES}, got {decision_rule!r}")
+        if decision_rule == "head" and category_head_weight <= 0:
+            raise ValueError("model.decision_rule=head needs model.category_head_weight > 0")
+        self.save_hyperparameters(ignore=["labels"])
+        self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names})
+        self.labels = labels
+        self.num_categories = len(labels.categories)
+        self.net = build_network(len(labels.tokens), pretrained, config)
+        if freeze_feature_encoder:
+            self.net.freeze_feature_encoder()
+        self.category_head = (
+            nn.Linear(self.net.config.hidden_size, self.num_categories) if category_head_weight > 0 else None
+        )
+        self.register_buffer("token_category", torch.tensor(labels.token_category()), persistent=False)
+        self.rules = [r for r in RULES if r != "head" or self.category_head is not None]
+        self.confusion = nn.ModuleDict({r: CategoryConfusion(self.num_categories) for r in self.rules})
+        self.errors = RecognitionErrors()
+        self.last_report: dict[str, Any] | None = None
+
+    # ---- forward and loss ------------------------------------------------------------------------
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Group-norm feature encoders (wav2vec2-base) were trained on zero-padded input without a mask;
+        # layer-norm ones (XLSR) need it.
+        mask = attention_mask if self.net.config.feat_extract_norm == "layer" else None
+        hidden = self.net.wav2vec2(input_values, attention_mask=mask).last_hidden_state
+        logits = self.net.lm_head(self.net.dropout(hidden))
+        output_lengths = self.net._get_feat_extract_output_lengths(attention_mask.sum(-1)).long()
+        out = {"logits": logits, "output_lengths": output_lengths}
+        if self.category_head is not None:
+            valid = (
+                torch.arange(hidden.shape[1], device=hidden.device)[None, :] < output_lengths[:, None]
+            ).unsqueeze(-1)
+            pooled = (hidden * valid).sum(1) / valid.sum(1).clamp_min(1)
+            out["category_logits"] = self.category_head(pooled)
+        return out
+
+    def _loss(self, out: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = out["logits"].float().log_softmax(-1).transpose(0, 1)
+        labels = batch["labels"]
+        ctc = nn.functional.ctc_loss(
+            log_probs,
+            labels.masked_fill(labels < 0, 0),
+            out["output_lengths"],
+            batch["label_lengths"],
+            blank=self.labels.blank_id,
+            reduction=self.hparams.ctc_loss_reduction,
+            zero_infinity=True,
+        )
+        loss = ctc
+        if self.category_head is not None:
+            ce = nn.functional.cross_entropy(out["category_logits"].float(), batch["categories"])
+            loss = ctc + self.hparams.category_head_weight * ce
+        return loss, ctc
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch["input_values"], batch["attention_mask"])
+        loss, ctc = self._loss(out, batch)
+        batch_size = len(batch["ids"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        if self.category_head is not None:
+            self.log("train/ctc_loss", ctc, on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def predict_categories(self, out: dict[str, torch.Tensor], decoded: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Category decisions under every available rule, with the posterior share behind each."""
+        posterior = category_posteriors(
+            out["logits"], out["output_lengths"], self.token_category, self.num_categories
+        )
+        preds = {
+            "vote": vote(decoded, self.token_category.tolist(), self.num_categories).to(posterior.device),
+            "posterior": posterior.argmax(dim=1),
+        }
+        if self.category_head is not None:
+            preds["head"] = out["category_logits"].argmax(dim=1)
+        return preds
+
+    def _evaluation_step(self, batch: dict, stage: str) -> None:
+        out = self(batch["input_values"], batch["attention_mask"])
+        loss, _ = self._loss(out, batch)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["ids"]), sync_dist=True)
+        decoded = greedy_decode(out["logits"], out["output_lengths"], self.labels.blank_id)
+        for rule, pred in self.predict_categories(out, decoded).items():
+            self.confusion[rule].update(pred, batch["categories"])
+        refs = [self.labels.decode(row[row >= 0].tolist()) for row in batch["labels"].cpu()]
+        self.errors.update(refs, [self.labels.decode(ids) for ids in decoded])
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        rule = self.hparams.decision_rule
+        report = self.confusion[rule].report()
+        confusion = self.confusion[rule].compute()
+        errors = {k: float(v) for k, v in self.errors.compute().items()}
+        metrics = flatten_report(report, prefix=stage)
+        metrics.update({f"{stage}/{name}": value for name, value in errors.items()})
+        for other in self.rules:
+            acc = self.confusion[other].report()["accuracy"]
+            metrics[f"{stage}/rule/{other}/accuracy"] = acc
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        self.last_report = {
+            "stage": stage,
+            "step": int(self.global_step),
+            "epoch": int(self.current_epoch),
+            "rule": rule,
+            "categories": self.labels.category_names,
+            "report": report,
+            "confusion": confusion.tolist(),
+            "errors": errors,
+            "metrics": metrics,
+        }
+        for metric in (*self.confusion.values(), self.errors):
+            metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")
+
+    # ---- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            eps=self.hparams.eps,
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, total)
+
+        def linear_warmup_decay(step: int) -> float:
+            # The HF Trainer's linear schedule, so the reference recipe's learning-rate curve is kept.
+            if step < warmup:
+                return step / max(warmup, 1)
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,70 @@
+"""Per-validation artifacts: the report and confusion matrix, as JSON and a PNG, plus a console table."""
+
+from __future__ import annotations
+
+import json
+
+import pytorch_lightning as pl
+from rich.console import Console
+from rich.table import Table
+
+from broadclass.tracking.figures import confusion_figure
+from broadclass.tracking.mlflow_run import mlflow_logger
+
+
+def report_table(last: dict) -> Table:
+    report, names = last["report"], last["categories"]
+    table = Table(title=f"{last['stage']} @ step {last['step']} (rule: {last['rule']})")
+    for column in ("category", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    rows = [(names[int(k)], report[k]) for k in map(str, range(len(names)))]
+    rows += [(k, report[k]) for k in ("macro avg", "weighted avg")]
+    for name, row in rows:
+        table.add_row(name, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1-score")), str(int(row["support"])))
+    errors = last["errors"]
+    table.caption = (
+        f"accuracy {report['accuracy']:.3f}   WER {errors['wer']:.3f}   TER {errors['ter']:.3f}   "
+        f"loss {last['metrics'].get(last['stage'] + '/loss', float('nan')):.3f}"
+    )
+    return table
+
+
+class ValidationReport(pl.Callback):
+    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png}`` to the MLflow run."""
+
+    def __init__(self, figures: bool = True, console: bool = True):
+        self.figures = figures
+        self.console = Console() if console else None
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = getattr(pl_module, "last_report", None)
+        if trainer.sanity_checking or last is None or not trainer.is_global_zero:
+            return
+        metrics = dict(last["metrics"])
+        loss = trainer.callback_metrics.get(f"{last['stage']}/loss")
+        if loss is not None:
+            metrics[f"{last['stage']}/loss"] = float(loss)
+            last["metrics"] = metrics
+        if self.console is not None:
+            self.console.print(report_table(last))
+        logger = mlflow_logger(trainer.loggers)
+        if logger is None:
+            return
+        folder = f"{last['stage']}/step_{last['step']:06d}"
+        client, run_id = logger.experiment, logger.run_id
+        client.log_text(run_id, json.dumps(last, indent=2), f"{folder}/report.json")
+        client.log_text(
+            run_id,
+            json.dumps({"categories": last["categories"], "rows_true_cols_pred": last["confusion"]}, indent=2),
+            f"{folder}/confusion.json",
+        )
+        if self.figures:
+            figure = confusion_figure(last["confusion"], last["categories"], title=f"{folder} ({last['rule']})")
+            client.log_figure(run_id, figure, f"{folder}/confusion.png")
+            figure.clf()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)

@@ -1,0 +1,79 @@
+"""Shared fixtures: the real Hydra config, shrunk; a small synthesized corpus; a tiny saved model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before transformers/huggingface_hub are imported anywhere: a hub lookup would stall ~25 s.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+import broadclass.config  # noqa: E402,F401  (registers the resolvers)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "broadclass" / "conf"
+
+# A smaller network than model=tiny: the tests check behaviour, not accuracy.
+TEST_MODEL = [
+    "model.config.hidden_size=32",
+    "model.config.num_hidden_layers=2",
+    "model.config.num_attention_heads=2",
+    "model.config.intermediate_size=64",
+    "model.config.conv_dim=[32,32,32,32,32,32,32]",
+    "model.config.num_conv_pos_embeddings=16",
+    "model.config.num_conv_pos_embedding_groups=4",
+]
+
+
+def compose_config(root: Path, overrides: list[str] = ()) -> DictConfig:
+    """The real composed config, with every path under ``root`` and Hydra's runtime set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"paths.root_dir={root}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "out")
+        cfg.hydra.runtime.output_dir = str(root / "out")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> dict[str, Path]:
+    """A small voice-type corpus shared by the tests that train (24 + 8 utterances per category set)."""
+    from broadclass.data.demo import build_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    return build_demo_corpus(root, categories="voice", n_train=48, n_val=16, seed=0)
+
+
+@pytest.fixture
+def train_config(tmp_path, demo_corpus):
+    """Factory: the demo experiment on the small corpus with the test model, a few steps, into tmp."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(
+            tmp_path,
+            [
+                "+experiment=demo",
+                f"data.train_manifest={demo_corpus['train']}",
+                f"data.val_manifest={demo_corpus['validation']}",
+                "data.prepare=null",
+                "trainer.enable_progress_bar=false",
+                *TEST_MODEL,
+                *overrides,
+            ],
+        )
+
+    return make

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from broadclass.data.audio import AudioCache, AudioError, decode, normalize
+
+
+def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(22_050, 1), (44_100, 2), (8_000, 1)])
+def test_decode_gives_16k_mono_of_the_right_length(tmp_path, rate, channels):
+    path = tmp_path / f"{rate}.wav"
+    sf.write(path, tone(rate, 1.5, channels), rate)
+    wave = decode(path)
+    assert wave.ndim == 1 and wave.dtype == np.float32
+    assert abs(len(wave) - 24_000) <= 1
+
+
+def test_stereo_is_downmixed_by_averaging(tmp_path):
+    path = tmp_path / "lr.wav"
+    left_only = np.stack([tone(16_000, 0.5), np.zeros(8_000)], axis=1)
+    sf.write(path, left_only, 16_000, subtype="FLOAT")
+    np.testing.assert_allclose(decode(path), tone(16_000, 0.5) / 2, atol=1e-6)
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(AudioError, match="not found: .*nowhere.wav"):
+        decode(tmp_path / "nowhere.wav")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF\x00\x01garbage" * 10)
+    with pytest.raises(AudioError, match="cannot decode .*junk.wav"):
+        decode(junk)
+
+
+def test_normalize_gives_zero_mean_unit_variance():
+    wave = normalize(np.random.default_rng(0).normal(3, 5, 16_000).astype(np.float32))
+    assert abs(wave.mean()) < 1e-5 and abs(wave.std() - 1) < 1e-3
+
+
+def test_cache_reuses_the_resampled_audio_and_notices_a_changed_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.wav"
+    sf.write(path, tone(22_050, 0.5), 22_050)
+    cache = AudioCache(tmp_path / "cache")
+    first = cache.load(path)
+    calls = []
+    monkeypatch.setattr("broadclass.data.audio.decode", lambda *a, **k: calls.append(a) or first)
+    np.testing.assert_array_equal(cache.load(path), first)
+    assert calls == []  # served from the cache, not decoded again
+    sf.write(path, tone(22_050, 0.7), 22_050)
+    cache.load(path)
+    assert len(calls) == 1

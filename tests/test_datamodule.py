@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from broadclass.data.datamodule import LengthBucketBatchSampler, collate
+from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
+
+
+def item(n_samples: int, labels: list[int], category: int = 0) -> dict:
+    return {"input_values": np.ones(n_samples, np.float32), "labels": labels, "category": category, "id": str(n_samples)}
+
+
+def test_collate_pads_audio_with_zeros_and_labels_with_minus_100():
+    batch = collate([item(5, [2, 3, 4]), item(3, [5])])
+    assert batch["input_values"].shape == (2, 5)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch["input_values"][1, 3:].tolist() == [0, 0]
+    assert batch["labels"].tolist() == [[2, 3, 4], [5, -100, -100]]
+    assert batch["label_lengths"].tolist() == [3, 1]
+
+
+def test_buckets_group_similar_durations():
+    durations = np.random.default_rng(0).uniform(1, 10, 200)
+    sampler = LengthBucketBatchSampler(durations, batch_size=10, seed=1)
+    spreads = [np.ptp(durations[b]) for b in sampler]
+    assert np.mean(spreads) < 1.5  # random batches spread ~7 s
+
+
+def test_every_utterance_is_seen_once_per_epoch_and_order_changes_between_epochs():
+    sampler = LengthBucketBatchSampler([1.0 + i % 7 for i in range(50)], batch_size=8, seed=3)
+    first = list(sampler)
+    assert sorted(i for b in first for i in b) == list(range(50))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_order_depends_only_on_seed_and_epoch():
+    durations = np.random.default_rng(0).uniform(1, 5, 40)
+    a, b = LengthBucketBatchSampler(durations, 4, seed=7), LengthBucketBatchSampler(durations, 4, seed=7)
+    a.set_epoch(5)
+    b.set_epoch(5)
+    assert list(a) == list(b)
+
+
+def test_training_epoch_is_a_whole_number_of_accumulated_steps():
+    sampler = LengthBucketBatchSampler([1.0] * 50, batch_size=8, multiple_of=2)  # 7 batches → 8
+    assert len(sampler) == len(list(sampler)) == 8
+
+
+def test_ranks_split_training_batches_evenly_and_evaluation_batches_without_repeats():
+    durations = [1.0 + i for i in range(50)]
+    train = [list(LengthBucketBatchSampler(durations, 8, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(train[0]) == len(train[1]) == 4
+    evaluation = [list(LengthBucketBatchSampler(durations, 8, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    seen = sorted(i for rank in evaluation for b in rank for i in b)
+    assert seen == list(range(50))
+
+
+def test_manifest_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio_filepath": "a.wav", "duration": 1, "phones": "a", "category": "x"}\n{"duration": 2}\n')
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: missing field\(s\) audio_filepath, phones, category"):
+        read_manifest(path)
+    path.write_text("not json\n")
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: not valid JSON"):
+        read_manifest(path)
+    path.write_text("\n")
+    with pytest.raises(ManifestError, match="manifest is empty"):
+        read_manifest(path)
+
+
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
+    path = write_manifest(tmp_path / "sub" / "m.jsonl", [{"audio_filepath": "w/a.wav", "duration": 1.5, "phones": "a", "category": "x"}])
+    row = read_manifest(path)[0]
+    assert row["audio_filepath"] == str(tmp_path / "sub" / "w" / "a.wav")
+    assert row["id"] == "m-1"
+
+
+def test_collate_output_is_what_the_network_takes():
+    batch = collate([item(400, [2]), item(320, [3, 4])])
+    assert batch["input_values"].dtype == torch.float32 and batch["attention_mask"].dtype == torch.long
