@@ -48,6 +48,7 @@ class MonitorSchema:
 @dataclass
 class ModelSchema:
     _target_: str = "broadclass.model.module.BroadClassModule"
+    _convert_: str = "all"
     pretrained: Any = None
     config: Any = None
     freeze_feature_encoder: bool = True

@@ -28,7 +28,8 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, labels=datamodule.label_map)
+    # Built as a partial: Hydra would turn a LabelMap argument into a config node.
+    model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
@@ -38,7 +39,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(model, datamodule=datamodule)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     if tracker is not None:
         print(describe_run(tracker))
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None

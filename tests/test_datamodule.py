@@ -7,7 +7,12 @@ from broadclass.data.manifest import ManifestError, read_manifest, write_manifes
 
 
 def item(n_samples: int, labels: list[int], category: int = 0) -> dict:
-    return {"input_values": np.ones(n_samples, np.float32), "labels": labels, "category": category, "id": str(n_samples)}
+    return {
+        "input_values": np.ones(n_samples, np.float32),
+        "labels": labels,
+        "category": category,
+        "id": str(n_samples),
+    }
 
 
 def test_collate_pads_audio_with_zeros_and_labels_with_minus_100():
@@ -70,7 +75,9 @@ def test_manifest_errors_name_file_and_line(tmp_path):
 
 
 def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
-    path = write_manifest(tmp_path / "sub" / "m.jsonl", [{"audio_filepath": "w/a.wav", "duration": 1.5, "phones": "a", "category": "x"}])
+    path = write_manifest(
+        tmp_path / "sub" / "m.jsonl", [{"audio_filepath": "w/a.wav", "duration": 1.5, "phones": "a", "category": "x"}]
+    )
     row = read_manifest(path)[0]
     assert row["audio_filepath"] == str(tmp_path / "sub" / "w" / "a.wav")
     assert row["id"] == "m-1"

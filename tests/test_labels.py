@@ -72,3 +72,8 @@ def test_token_category_marks_blank_and_boundary_as_none(ipa):
     cats = ipa.token_category()
     assert cats[:2] == [-1, -1]
     assert cats[ipa.vocab["v_f"]] == 1 and cats[ipa.vocab["p_m"]] == 0
+
+
+def test_a_listed_precomposed_letter_keeps_its_diacritic(ipa):
+    # ç is the palatal fricative, not c (a plosive) with a cedilla.
+    assert ipa.decode(ipa.encode("ç", "male")) == ["f_m"]

@@ -20,7 +20,20 @@ class UtteranceDataset(Dataset):
     """Items are dicts: normalised 16 kHz waveform, token ids, category index, utterance id."""
 
     def __init__(self, rows: Sequence[dict], labels: LabelMap, audio: AudioCache):
-        labels.check((row["id"], row["phones"]) for row in rows)
+        # Checked here, before training starts, so a bad row costs seconds rather than an epoch.
+        missing = [
+            f"  {row['_source']}: {row['audio_filepath']}" for row in rows if not Path(row["audio_filepath"]).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} audio file(s) not found:\n" + "\n".join(missing[:20]))
+        names = set(labels.category_names)
+        unknown = [f"  {row['_source']}: {row['category']!r}" for row in rows if row["category"] not in names]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} row(s) have a category not in data.categories ({', '.join(sorted(names))}):\n"
+                + "\n".join(unknown[:20])
+            )
+        labels.check((row["_source"], row["phones"]) for row in rows)
         self.rows = list(rows)
         self.audio = audio
         self.targets = [labels.encode(row["phones"], row["category"]) for row in self.rows]

@@ -104,7 +104,8 @@ class ESpeak:
         self.version = lib.espeak_Info(None).decode()
         self._lib = lib
         # Breath noise (whisper and breathy variants) draws from eSpeak's own generator and from libc
-        # rand(); both are reseeded before every utterance so its samples do not depend on call order.
+        # rand(); both are reseeded before every utterance, so the noise depends on the utterance's seed
+        # and not on whatever else in the process called rand().
         libc_name = ctypes.util.find_library("c")
         self._libc = ctypes.CDLL(libc_name) if libc_name else None
         self._chunks: list[bytes] = []
@@ -137,7 +138,10 @@ class ESpeak:
         """16-bit samples at :attr:`sample_rate` for ``text`` spoken by ``voice``.
 
         ``rate`` is in words per minute (80–450), ``pitch`` 0–100 within the voice's own pitch range.
-        ``seed`` fixes the breath noise, so the same arguments always give the same samples.
+        ``seed`` fixes the breath noise. eSpeak also carries oscillator phase and pitch flutter from one
+        utterance to the next, so samples are byte-identical only for the same sequence of calls since
+        the library was loaded (a fresh process): :func:`broadclass.data.demo.build_demo_corpus` renders
+        in one for that reason.
         """
         if not text.strip():
             raise ESpeakError("cannot synthesise an empty text")

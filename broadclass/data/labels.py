@@ -56,6 +56,7 @@ class LabelMap:
     unknown: str = "raise"
     name: str = "labels"
     _phone_to_class: dict[str, str] = field(init=False, repr=False)
+    _letters: set[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.categories = [c if isinstance(c, Category) else Category(**c) for c in self.categories]
@@ -64,6 +65,13 @@ class LabelMap:
         tags = [c.tag for c in self.categories]
         if len(set(tags)) != len(tags):
             raise ValueError(f"category tags must be unique, got {tags}")
+        self._letters = {
+            ch
+            for spec in self.classes.values()
+            for phone in spec.get("phones", [])
+            for ch in unicodedata.normalize("NFC", phone)
+            if unicodedata.category(ch) != "Mn"
+        }
         self._phone_to_class = {}
         class_tags = []
         for class_name, spec in self.classes.items():
@@ -145,11 +153,20 @@ class LabelMap:
 
     # ---- phones → classes ---------------------------------------------------------------------
     def normalize(self, phone: str) -> str:
-        decomposed = unicodedata.normalize("NFD", phone)
-        kept = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+        """Lookup key: marks in ``strip`` and combining diacritics removed.
+
+        A precomposed letter that the map lists itself (``ç``) is kept whole; any other letter with a
+        diacritic (``ã``, ``ñ``) loses the diacritic.
+        """
+        letters = []
+        for ch in unicodedata.normalize("NFC", phone):
+            if ch not in self._letters:
+                ch = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
+            letters.append(ch)
+        kept = "".join(letters)
         for mark in self.strip:
             kept = kept.replace(mark, "")
-        return unicodedata.normalize("NFC", kept)
+        return kept
 
     def _split(self, unit: str) -> list[str] | None:
         """Greedy longest-match split of a unit into known phones; None if any part is unknown."""

@@ -50,6 +50,7 @@ class BroadClassModule(pl.LightningModule):
         self.rules = [r for r in RULES if r != "head" or self.category_head is not None]
         self.confusion = nn.ModuleDict({r: CategoryConfusion(self.num_categories) for r in self.rules})
         self.errors = RecognitionErrors()
+        self.predictions: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] | None = None
 
     # ---- forward and loss ------------------------------------------------------------------------
@@ -62,9 +63,9 @@ class BroadClassModule(pl.LightningModule):
         output_lengths = self.net._get_feat_extract_output_lengths(attention_mask.sum(-1)).long()
         out = {"logits": logits, "output_lengths": output_lengths}
         if self.category_head is not None:
-            valid = (
-                torch.arange(hidden.shape[1], device=hidden.device)[None, :] < output_lengths[:, None]
-            ).unsqueeze(-1)
+            valid = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < output_lengths[:, None]).unsqueeze(
+                -1
+            )
             pooled = (hidden * valid).sum(1) / valid.sum(1).clamp_min(1)
             out["category_logits"] = self.category_head(pooled)
         return out
@@ -99,9 +100,7 @@ class BroadClassModule(pl.LightningModule):
     # ---- evaluation --------------------------------------------------------------------------------
     def predict_categories(self, out: dict[str, torch.Tensor], decoded: list[list[int]]) -> dict[str, torch.Tensor]:
         """Category decisions under every available rule, with the posterior share behind each."""
-        posterior = category_posteriors(
-            out["logits"], out["output_lengths"], self.token_category, self.num_categories
-        )
+        posterior = category_posteriors(out["logits"], out["output_lengths"], self.token_category, self.num_categories)
         preds = {
             "vote": vote(decoded, self.token_category.tolist(), self.num_categories).to(posterior.device),
             "posterior": posterior.argmax(dim=1),
@@ -115,10 +114,24 @@ class BroadClassModule(pl.LightningModule):
         loss, _ = self._loss(out, batch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["ids"]), sync_dist=True)
         decoded = greedy_decode(out["logits"], out["output_lengths"], self.labels.blank_id)
-        for rule, pred in self.predict_categories(out, decoded).items():
+        preds = self.predict_categories(out, decoded)
+        for rule, pred in preds.items():
             self.confusion[rule].update(pred, batch["categories"])
         refs = [self.labels.decode(row[row >= 0].tolist()) for row in batch["labels"].cpu()]
-        self.errors.update(refs, [self.labels.decode(ids) for ids in decoded])
+        hyps = [self.labels.decode(ids) for ids in decoded]
+        self.errors.update(refs, hyps)
+        # Kept per utterance for error analysis (and so the logged report can be recomputed).
+        host_preds = {rule: pred.tolist() for rule, pred in preds.items()}
+        for i, utt_id in enumerate(batch["ids"]):
+            self.predictions.append(
+                {
+                    "id": utt_id,
+                    "category": int(batch["categories"][i]),
+                    "predicted": {rule: values[i] for rule, values in host_preds.items()},
+                    "reference": " ".join(refs[i]),
+                    "hypothesis": " ".join(hyps[i]),
+                }
+            )
 
     def _evaluation_epoch_end(self, stage: str) -> None:
         rule = self.hparams.decision_rule
@@ -141,7 +154,9 @@ class BroadClassModule(pl.LightningModule):
             "confusion": confusion.tolist(),
             "errors": errors,
             "metrics": metrics,
+            "predictions": self.predictions,
         }
+        self.predictions = []
         for metric in (*self.confusion.values(), self.errors):
             metric.reset()
 

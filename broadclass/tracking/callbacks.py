@@ -30,7 +30,7 @@ def report_table(last: dict) -> Table:
 
 
 class ValidationReport(pl.Callback):
-    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png}`` to the MLflow run."""
+    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png, predictions.jsonl}`` to MLflow."""
 
     def __init__(self, figures: bool = True, console: bool = True):
         self.figures = figures
@@ -52,7 +52,13 @@ class ValidationReport(pl.Callback):
             return
         folder = f"{last['stage']}/step_{last['step']:06d}"
         client, run_id = logger.experiment, logger.run_id
-        client.log_text(run_id, json.dumps(last, indent=2), f"{folder}/report.json")
+        summary = {k: v for k, v in last.items() if k != "predictions"}
+        client.log_text(run_id, json.dumps(summary, indent=2), f"{folder}/report.json")
+        client.log_text(
+            run_id,
+            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in last["predictions"]),
+            f"{folder}/predictions.jsonl",
+        )
         client.log_text(
             run_id,
             json.dumps({"categories": last["categories"], "rows_true_cols_pred": last["confusion"]}, indent=2),

@@ -27,8 +27,9 @@ def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str], titl
     ax.set_ylabel("true")
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, f"{int(counts[i, j])}", ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black"
+            )
     ax.set_title(title)
     figure.tight_layout()
     return figure

@@ -1,0 +1,27 @@
+"""Evaluation metrics: the per-category classification report and word/token error rates."""
+
+from broadclass.metrics.collection import CategoryConfusion, RecognitionErrors
+from broadclass.metrics.errors import edit_distance, error_counts, split_words, strip_tags
+from broadclass.metrics.report import (
+    classification_report,
+    confusion_matrix,
+    flatten_report,
+    format_report,
+    report_from_confusion,
+    report_markdown,
+)
+
+__all__ = [
+    "CategoryConfusion",
+    "RecognitionErrors",
+    "classification_report",
+    "confusion_matrix",
+    "edit_distance",
+    "error_counts",
+    "flatten_report",
+    "format_report",
+    "report_from_confusion",
+    "report_markdown",
+    "split_words",
+    "strip_tags",
+]
