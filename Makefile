@@ -36,6 +36,11 @@ lint: install
 	$(VENV)/bin/ruff check broadclass tests benchmarks
 	$(VENV)/bin/ruff format --check broadclass tests benchmarks
 
+# Ours against the HF Trainer recipe (needs the `bench` extra: accelerate). BENCH_ARGS="--model xlsr53" on a GPU.
+bench: install
+	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
+
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000
 

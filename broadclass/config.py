@@ -22,6 +22,12 @@ def _mixed_precision() -> str:
     return "16-mixed" if torch.cuda.is_available() else "bf16-mixed"
 
 
+def _run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> str:
+    from broadclass.resume import run_dir
+
+    return run_dir(parent, overrides, run_name, resume)
+
+
 def register_resolvers() -> None:
     for name, fn in {
         "bc.root": _project_root,
@@ -30,6 +36,9 @@ def register_resolvers() -> None:
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("bc.run_dir"):
+        # Cached: the folder is chosen once per process, however often Hydra resolves the run dir.
+        OmegaConf.register_new_resolver("bc.run_dir", _run_dir, use_cache=True)
 
 
 register_resolvers()
@@ -79,6 +88,9 @@ class DataSchema:
     cache_dir: Any = None
     seed: int = 0
     bucket_jitter: float = 0.1
+    padded_lengths_per_octave: int = 16
+    on_error: str = "raise"
+    allow_speaker_overlap: bool = False
 
 
 SCHEMAS = {"model": ModelSchema, "data": DataSchema, "monitor": MonitorSchema}
@@ -93,7 +105,8 @@ def check_config(cfg: DictConfig) -> None:
             OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
         except OmegaConfBaseException as err:
             raise ConfigError(f"config section '{section}': {err.msg if hasattr(err, 'msg') else err}") from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    # Hydra's own node (present when composed with return_hydra_config) has ??? fields Hydra fills itself.
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(f"required config values are not set (???): {', '.join(missing)}")
     if cfg.monitor.mode not in ("min", "max"):

@@ -6,42 +6,60 @@ monitored metric (which a Hydra sweeper optimises).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from broadclass.config import check_config
-from broadclass.tracking.mlflow_run import describe_run, log_run_setup, mlflow_logger
+from broadclass.resume import RestoreRandomState, find_resume_point, mark_finished, remember_run
+from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
+from broadclass.tracking.offline import check_tracking_server
 
 
 def run_tags() -> dict[str, str]:
     hydra_cfg = HydraConfig.get()
     tags = {"hydra/output_dir": hydra_cfg.runtime.output_dir, "hydra/overrides": " ".join(hydra_cfg.overrides.task)}
-    if hydra_cfg.mode.name == "MULTIRUN":
-        tags.update({"sweep/dir": hydra_cfg.sweep.dir, "sweep/job": str(hydra_cfg.job.num)})
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # None when composed (tests, notebooks) rather than run
+        # sweep/id: the sweep folder's name (its start time by default), shared by every job of the sweep.
+        sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
+        tags.update({"sweep/dir": str(sweep_dir), "sweep/id": sweep_dir.name, "sweep/job": str(hydra_cfg.job.num)})
     return tags
 
 
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    resume = find_resume_point(cfg.paths.output_dir, cfg.resume)
+    if "mlflow" in cfg.logger:  # an unreachable tracking server stops the run here, in seconds
+        check_tracking_server(cfg.logger.mlflow.tracking_uri)
+    # A resumed run logs into its MLflow run.
+    resumed_run = {"mlflow": {"run_id": resume.mlflow_run_id}}
+    if "mlflow" in cfg.logger:  # before the loggers open the store: parallel sweep jobs would race
+        ensure_experiment(cfg.logger.mlflow)
+    loggers = [instantiate(c, **resumed_run.get(name, {})) for name, c in cfg.logger.items()]
     datamodule = instantiate(cfg.data)
     # Built as a partial: Hydra would turn a LabelMap argument into a config node.
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), RestoreRandomState()]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     tracker = mlflow_logger(loggers)
-    if tracker is not None:
-        log_run_setup(tracker, cfg, datamodule.label_map, run_tags())
-    trainer.fit(model, datamodule=datamodule)
+    if tracker is not None and trainer.is_global_zero:
+        remember_run(cfg.paths.output_dir, tracker.run_id, tracker._tracking_uri)
+        if resume.mlflow_run_id is None:
+            log_run_setup(tracker, cfg, datamodule.label_map, run_tags())
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    if tracker is not None:
-        print(describe_run(tracker))
+    if trainer.is_global_zero:
+        mark_finished(cfg.paths.output_dir)
+        if tracker is not None:
+            print(describe_run(tracker))
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     return float(score) if score is not None else None
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 # Set before transformers/huggingface_hub are imported anywhere: a hub lookup would stall ~25 s.
@@ -49,6 +51,13 @@ def compose_config(root: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_left_by_an_earlier_test(monkeypatch):
+    # Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI to the
+    # whole process: without this, the next test's config would log into the previous test's store.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> dict[str, Path]:
     """A small voice-type corpus shared by the tests that train (24 + 8 utterances per category set)."""
@@ -58,22 +67,62 @@ def demo_corpus(tmp_path_factory) -> dict[str, Path]:
     return build_demo_corpus(root, categories="voice", n_train=48, n_val=16, seed=0)
 
 
+def demo_overrides(corpus: dict[str, Path]) -> list[str]:
+    """The demo experiment on the small corpus with the test model."""
+    return [
+        "+experiment=demo",
+        f"data.train_manifest={corpus['train']}",
+        f"data.val_manifest={corpus['validation']}",
+        "data.prepare=null",
+        "trainer.enable_progress_bar=false",
+        *TEST_MODEL,
+    ]
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made: making them takes 5-20 s, copying the file milliseconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def train_config(tmp_path, demo_corpus):
+def train_config(tmp_path, demo_corpus, empty_mlflow_db):
     """Factory: the demo experiment on the small corpus with the test model, a few steps, into tmp."""
 
     def make(*overrides: str) -> DictConfig:
-        return compose_config(
-            tmp_path,
-            [
-                "+experiment=demo",
-                f"data.train_manifest={demo_corpus['train']}",
-                f"data.val_manifest={demo_corpus['validation']}",
-                "data.prepare=null",
-                "trainer.enable_progress_bar=false",
-                *TEST_MODEL,
-                *overrides,
-            ],
-        )
+        if not (tmp_path / "mlflow.db").exists():  # the default store is <paths.root_dir>/mlflow.db
+            shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+        return compose_config(tmp_path, [*demo_overrides(demo_corpus), *overrides])
 
     return make
+
+
+@dataclass
+class TrainedRun:
+    config: DictConfig
+    checkpoint: Path  # the best (and only validated) checkpoint
+    run_id: str
+    tracking_uri: str
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> TrainedRun:
+    """The demo trained once per session for 10 optimizer steps, validated at step 10, into its own MLflow
+    store (shared by the prediction and export tests: training is the slow part)."""
+    from mlflow import MlflowClient
+
+    from broadclass.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    steps = ["trainer.max_steps=10", "val_every_n_optimizer_steps=10", "test_after_fit=false", "data.batch_size=4"]
+    cfg = compose_config(root, [*demo_overrides(demo_corpus), *steps])
+    train(cfg)
+    client = MlflowClient(cfg.logger.mlflow.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    (checkpoint,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("step*.ckpt")
+    return TrainedRun(cfg, checkpoint, run.info.run_id, client.tracking_uri)

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from broadclass.config import ConfigError, check_config
+from broadclass.data.check import DataCheckError
 from broadclass.model.encoder import PretrainedLoadError, build_network
 from broadclass.train import train
 from tests.conftest import CONF_DIR, compose_config
@@ -60,7 +61,7 @@ def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
 
 
 def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(train_config, tmp_path):
-    cfg = train_config("trainer.fast_dev_run=true")
+    cfg = train_config("+trainer.fast_dev_run=true")
     saved = tmp_path / "saved-encoder"
     network = build_network(10, None, OmegaConf.to_container(cfg.model.config, resolve=True))
     network.save_pretrained(saved)
@@ -86,7 +87,7 @@ def test_missing_audio_is_reported_with_the_manifest_row(train_config, tmp_path)
     manifest.write_text('{"audio_filepath": "nowhere.wav", "duration": 1.0, "phones": "k æ t", "category": "male"}\n')
     cfg = train_config(f"data.train_manifest={manifest}")
     datamodule = instantiate(cfg.data)
-    with pytest.raises(FileNotFoundError, match=r"bad.jsonl:1.*nowhere.wav"):
+    with pytest.raises(DataCheckError, match=r"bad.jsonl:1.*nowhere.wav"):
         datamodule.setup("fit")
 
 

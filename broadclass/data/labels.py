@@ -48,6 +48,8 @@ class LabelMap:
     (stress, length); combining diacritics are always removed. A phone unit that is not in the map
     but splits into known phones (eSpeak writes ``əl``, ``ɔːɹ`` as single units) becomes their classes.
     ``unknown`` decides what happens to any other phone: ``raise``, ``drop``, or the name of a class.
+    ``drop`` names classes whose phones are known but removed from every transcription (TIMIT's
+    closures and pauses): those classes get no tokens.
     """
 
     classes: Mapping[str, Mapping[str, object]]
@@ -55,6 +57,7 @@ class LabelMap:
     strip: Sequence[str] = ()
     unknown: str = "raise"
     name: str = "labels"
+    drop: Sequence[str] = ()
     _phone_to_class: dict[str, str] = field(init=False, repr=False)
     _letters: set[str] = field(init=False, repr=False)
 
@@ -85,6 +88,11 @@ class LabelMap:
                 self._phone_to_class[key] = class_name
         if len(set(class_tags)) != len(class_tags):
             raise ValueError(f"class tags must be unique, got {class_tags}")
+        not_classes = [name for name in self.drop if name not in self.classes]
+        if not_classes:
+            raise ValueError(f"labels.drop must name classes ({', '.join(self.classes)}), got {not_classes}")
+        # Phones of dropped classes stay known (never 'unknown') but the classes leave the vocabulary.
+        self.classes = {name: spec for name, spec in self.classes.items() if name not in self.drop}
         if self.unknown not in ("raise", "drop") and self.unknown not in self.classes:
             raise ValueError(
                 f"labels.unknown must be 'raise', 'drop' or a class name ({', '.join(self.classes)}), "
@@ -99,6 +107,7 @@ class LabelMap:
             strip=list(labels.get("strip", [])),
             unknown=labels.get("unknown", "raise"),
             name=labels.get("name", "labels"),
+            drop=list(labels.get("drop", [])),
         )
 
     # ---- vocabulary -------------------------------------------------------------------------
@@ -206,7 +215,7 @@ class LabelMap:
                 if self.unknown == "drop" or self.unknown == "raise":
                     continue
                 classes = [self.unknown]
-            out.extend(classes)
+            out.extend(c for c in classes if c in self.classes)
         while out and out[-1] == WORD_BOUNDARY:
             out.pop()
         return out, unknown

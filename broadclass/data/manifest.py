@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "phones", "category")
@@ -20,8 +20,10 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and line."""
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of a JSONL manifest with ``audio_filepath`` made absolute and an ``id`` on every row."""
+def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
+    """Rows of a JSONL manifest with ``audio_filepath`` made absolute and an ``id`` on every row.
+
+    ``required``: the fields every row must have (prediction needs only ``audio_filepath``)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
@@ -36,13 +38,14 @@ def read_manifest(path: str | Path) -> list[dict]:
                 raise ManifestError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            missing = [key for key in REQUIRED_FIELDS if key not in row]
+            missing = [key for key in required if key not in row]
             if missing:
                 raise ManifestError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
-            try:
-                row["duration"] = float(row["duration"])
-            except (TypeError, ValueError):
-                raise ManifestError(f"{path}:{line_no}: duration {row['duration']!r} is not a number") from None
+            if "duration" in row:
+                try:
+                    row["duration"] = float(row["duration"])
+                except (TypeError, ValueError):
+                    raise ManifestError(f"{path}:{line_no}: duration {row['duration']!r} is not a number") from None
             audio = Path(row["audio_filepath"])
             row["audio_filepath"] = str(audio if audio.is_absolute() else (path.parent / audio))
             row.setdefault("id", f"{path.stem}-{line_no}")

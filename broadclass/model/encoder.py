@@ -31,7 +31,7 @@ def build_network(
     if not pretrained:
         return Wav2Vec2ForCTC(Wav2Vec2Config(**overrides))
     try:
-        return Wav2Vec2ForCTC.from_pretrained(pretrained, ignore_mismatched_sizes=True, **overrides)
+        network = Wav2Vec2ForCTC.from_pretrained(pretrained, ignore_mismatched_sizes=True, **overrides)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise PretrainedLoadError(
@@ -41,3 +41,6 @@ def build_network(
             f"--local-dir <dir>`) and set model.pretrained=<local dir>, or train from scratch with "
             f"model=tiny.\nCause: {err}"
         ) from err
+    # from_pretrained returns the network in eval mode and Lightning keeps a module's mode: left so,
+    # dropout, LayerDrop and SpecAugment masking would stay off for the whole fine-tuning.
+    return network.train()

@@ -8,9 +8,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from broadclass.data.labels import LabelMap
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
+from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
 from broadclass.model.encoder import build_network
 
@@ -50,6 +52,8 @@ class BroadClassModule(pl.LightningModule):
         self.rules = [r for r in RULES if r != "head" or self.category_head is not None]
         self.confusion = nn.ModuleDict({r: CategoryConfusion(self.num_categories) for r in self.rules})
         self.errors = RecognitionErrors()
+        # Summed over utterances and across processes, so under DDP it is the single-process number.
+        self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] | None = None
 
@@ -112,7 +116,7 @@ class BroadClassModule(pl.LightningModule):
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         out = self(batch["input_values"], batch["attention_mask"])
         loss, _ = self._loss(out, batch)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["ids"]), sync_dist=True)
+        self.eval_loss.update(loss.detach().float(), weight=len(batch["ids"]))
         decoded = greedy_decode(out["logits"], out["output_lengths"], self.labels.blank_id)
         preds = self.predict_categories(out, decoded)
         for rule, pred in preds.items():
@@ -140,10 +144,14 @@ class BroadClassModule(pl.LightningModule):
         errors = {k: float(v) for k, v in self.errors.compute().items()}
         metrics = flatten_report(report, prefix=stage)
         metrics.update({f"{stage}/{name}": value for name, value in errors.items()})
+        metrics[f"{stage}/loss"] = float(self.eval_loss.compute())
         for other in self.rules:
             acc = self.confusion[other].report()["accuracy"]
             metrics[f"{stage}/rule/{other}/accuracy"] = acc
-        self.log_dict(metrics, on_step=False, on_epoch=True)
+        # Logged at the optimizer step: Lightning's default logger step during validation is one less (it
+        # counts the step after validation has run); a logged "step" is the step loggers use instead.
+        position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
+        self.log_dict({**metrics, **position}, on_step=False, on_epoch=True)
         self.last_report = {
             "stage": stage,
             "step": int(self.global_step),
@@ -154,11 +162,19 @@ class BroadClassModule(pl.LightningModule):
             "confusion": confusion.tolist(),
             "errors": errors,
             "metrics": metrics,
-            "predictions": self.predictions,
+            "predictions": self._all_predictions(),
         }
         self.predictions = []
-        for metric in (*self.confusion.values(), self.errors):
+        for metric in (*self.confusion.values(), self.errors, self.eval_loss):
             metric.reset()
+
+    def _all_predictions(self) -> list[dict[str, Any]]:
+        """Every process's per-utterance predictions (each process evaluates its share of the batches)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.predictions
+        gathered: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, self.predictions)
+        return [prediction for part in gathered for prediction in part]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -172,6 +188,16 @@ class BroadClassModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._evaluation_epoch_end("test")
 
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What inference needs without the training config (see broadclass.model.checkpoint).
+        checkpoint[METADATA_KEY] = checkpoint_metadata(self.labels, self.net.config, self.last_report)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Weights trained for other tokens (categories reordered, another label config) would load
+        # without a size error when the vocabulary has the same length, and mislabel every output.
+        check_vocabulary(self.labels.tokens, saved_tokens(checkpoint), "the checkpoint being restored")
+
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -181,6 +207,8 @@ class BroadClassModule(pl.LightningModule):
             betas=tuple(self.hparams.betas),
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
+            # One fused kernel instead of a loop over tensors: 4x cheaper on CPU (the HF Trainer's default).
+            fused=all(p.device.type in ("cpu", "cuda") for p in params),
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.hparams.warmup_steps, total)

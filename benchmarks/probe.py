@@ -1,0 +1,99 @@
+"""What each benchmarked process records about itself, identically for both systems.
+
+A process records the wall-clock end of every optimizer step with the real audio seconds that step
+trained on, the start and end of every validation, the start and end of the fit, and its peak memory,
+and writes them as JSON when the fit ends. The orchestrator (``benchmarks/throughput.py``) turns the
+records into throughput figures. On CUDA the device is synchronised only at the edges of the measured
+window (the end of the warm-up step and of the last step) and around validation, so the measurement
+adds no per-step host sync to either system.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB), and of any exited child (workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+@dataclass
+class Record:
+    system: str
+    warmup_steps: int
+    steps: int
+    fit_start: float = float("nan")
+    fit_end: float = float("nan")
+    # Index k: optimizer step k + 1.
+    step_end: list[float] = field(default_factory=list)
+    # Process CPU seconds (all threads) at each step end: less sensitive than wall time to other load.
+    step_cpu: list[float] = field(default_factory=list)
+    step_audio_s: list[float] = field(default_factory=list)
+    validations: list[dict[str, float]] = field(default_factory=list)
+    peak_rss_mb: float = float("nan")
+    peak_gpu_mb: float | None = None
+    device: str = ""
+    _pending_audio_s: float = 0.0
+    _validation_start: float = float("nan")
+    _validation_cpu: float = float("nan")
+    _validation_utterances: int = 0
+
+    def start_fit(self) -> None:
+        self.device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.fit_start = time.time()
+
+    def add_audio(self, seconds: float) -> None:
+        self._pending_audio_s += seconds
+
+    def end_step(self) -> None:
+        """Called once per optimizer step, after the optimizer and scheduler stepped."""
+        if len(self.step_end) + 1 in (self.warmup_steps, self.steps):
+            synchronize()
+        self.step_end.append(time.time())
+        self.step_cpu.append(time.process_time())
+        self.step_audio_s.append(self._pending_audio_s)
+        self._pending_audio_s = 0.0
+
+    def start_validation(self) -> None:
+        synchronize()
+        self._validation_start = time.time()
+        self._validation_cpu = time.process_time()
+        self._validation_utterances = 0
+
+    def add_validation_utterances(self, count: int) -> None:
+        self._validation_utterances += count
+
+    def end_validation(self) -> None:
+        synchronize()
+        self.validations.append(
+            {
+                "start": self._validation_start,
+                "end": time.time(),
+                "cpu_s": time.process_time() - self._validation_cpu,
+                "utterances": self._validation_utterances,
+                "after_step": len(self.step_end),
+            }
+        )
+
+    def end_fit(self, out: str | Path) -> None:
+        synchronize()
+        self.fit_end = time.time()
+        self.peak_rss_mb = peak_rss_mb()
+        if torch.cuda.is_available():
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+        record = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        Path(out).write_text(json.dumps(record, indent=1))

@@ -1,0 +1,406 @@
+"""Training and validation throughput: our pipeline against the HF Trainer recipe, side by side.
+
+``python -m benchmarks.throughput [--model tiny|xlsr53] [--steps 60] [--reps 3] [-- <Hydra overrides>]``
+(``make bench`` runs it; ``make bench BENCH_ARGS="--model xlsr53"`` on a GPU machine).
+
+Both systems train the same network config from the same seed on the same manifests, 16 kHz audio
+and token ids, with the same batch size, dataloader workers and number of optimizer steps, and
+validate once on the same set at the last step. Ours is the real ``python -m broadclass.train`` (Hydra
+config, datamodule, LightningModule, Lightning Trainer, MLflow logging, the validation report and its
+artifacts, checkpointing), theirs ``benchmarks/hf_trainer_baseline.py``. Each run is its own process
+launch; the order alternates (ours-theirs, theirs-ours, ...) so a drift in machine load falls on both.
+
+Measured from each process's own record (``benchmarks/probe.py``):
+
+* training throughput: real audio seconds trained on per wall second, and wall seconds per optimizer
+  step, over steps ``warmup+1 .. steps`` (the first ``warmup`` steps are excluded for both);
+* validation: wall seconds per 100 utterances, from validation start to end (forward, decoding,
+  metrics, logging of metrics and artifacts);
+* peak RSS (and peak CUDA memory); the process's start (launch to fit start: interpreter, imports,
+  config, model build, logger set-up), reported apart and excluded from the above.
+
+The corpus is built and its 16 kHz audio cache filled before the first run, so neither system pays
+for it. Per figure the table shows the median over repetitions with min–max, and the ratio ours/theirs
+as the median of the per-repetition ratios (each repetition's two runs are adjacent in time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "experiments" / "throughput"
+
+# facebook/wav2vec2-large-xlsr-53's architecture (its config.json), built with random weights.
+XLSR53_ARCHITECTURE = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "intermediate_size": 4096,
+    "conv_dim": "[512,512,512,512,512,512,512]",
+    "conv_stride": "[5,2,2,2,2,2,2]",
+    "conv_kernel": "[10,3,3,3,3,2,2]",
+    "conv_bias": "true",
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": "true",
+    "feat_extract_activation": "gelu",
+    "hidden_act": "gelu",
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+}
+PRESETS = {
+    "tiny": ["+experiment=demo"],
+    "xlsr53": [
+        "model=xlsr53",
+        "model.pretrained=null",
+        "trainer.max_epochs=-1",
+        *(f"++model.config.{key}={value}" for key, value in XLSR53_ARCHITECTURE.items()),
+    ],
+}
+# Dense fp16/bf16 tensor-core peak of the cards a session may be lent, for model FLOP utilization.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+
+# (key, label, higher is better, target for ours/theirs or None)
+FIGURES = [
+    ("train_audio_s_per_s", "training throughput (audio s / wall s)", True, 1.3),
+    ("train_all_audio_s_per_s", "training throughput, steps 2..N, warm-up included", True, None),
+    ("train_s_per_step", "time per optimizer step (s)", False, None),
+    ("val_s_per_100_utts", "validation time per 100 utterances (s)", False, 1 / 1.3),
+    ("train_cpu_s_per_step", "CPU time per optimizer step (s, all threads)", False, None),
+    ("val_cpu_s_per_100_utts", "validation CPU time per 100 utterances (s)", False, None),
+    ("peak_rss_mb", "peak RSS (MiB)", False, 1.0),
+    ("peak_gpu_mb", "peak CUDA memory allocated (MiB)", False, None),
+    ("startup_s", "process start to fit start (s)", False, None),
+    ("fit_s", "fit wall time, all steps + validation (s)", False, None),
+]
+
+
+def prepare_data(overrides: Sequence[str]) -> list[str]:
+    """Build the corpus if needed, fill the audio cache, and pin both systems to its manifests."""
+    from hydra.utils import instantiate
+
+    from benchmarks.hf_trainer_baseline import compose_config
+
+    cfg = compose_config(overrides)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    for dataset in datamodule.datasets.values():
+        for row in dataset.rows:
+            datamodule.audio.load(row["audio_filepath"])
+    manifests = datamodule.manifests
+    if not manifests.get("validation"):
+        raise SystemExit("throughput: the config gives no validation manifest")
+    return [
+        f"data.train_manifest={manifests['train']}",
+        f"data.val_manifest={manifests['validation']}",
+        "data.prepare=null",
+    ]
+
+
+def command(system: str, shared: list[str], work: Path, rep: int, warmup: int, steps: int) -> list[str]:
+    record = work / f"{system}-{rep}.json"
+    if system == "theirs":
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.hf_trainer_baseline",
+            f"--out={record}",
+            f"--work={work / f'theirs-{rep}'}",
+            f"--warmup={warmup}",
+            "--",
+            *shared,
+        ]
+    probe = "+callbacks.throughput_probe"
+    return [
+        sys.executable,
+        "-m",
+        "broadclass.train",
+        *shared,
+        "test_after_fit=false",
+        f"hydra.run.dir={work / f'ours-{rep}'}",
+        f"logger.mlflow.tracking_uri=sqlite:///{work / 'ours-mlflow.db'}",
+        f"logger.mlflow.artifact_location={work / 'ours-mlruns'}",
+        f"{probe}._target_=benchmarks.lightning_probe.ThroughputProbe",
+        f"{probe}.out={record}",
+        f"{probe}.warmup_steps={warmup}",
+        f"{probe}.steps={steps}",
+    ]
+
+
+def launch(system: str, cmd: list[str], work: Path, rep: int, threads: int | None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if system == "theirs":
+        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'theirs-mlflow.db'}", MLFLOW_EXPERIMENT_NAME="hf-baseline")
+    log = work / f"{system}-{rep}.log"
+    load = os.getloadavg()[0]
+    start = time.time()
+    with log.open("w") as handle:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    end = time.time()
+    if rc != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"throughput: {system} run {rep} failed (exit {rc}); log {log}:\n{tail}")
+    record = json.loads((work / f"{system}-{rep}.json").read_text())
+    return {"system": system, "rep": rep, "launch": start, "exit": end, "load_avg_1min": load, "record": record}
+
+
+def figures(run: dict) -> dict[str, float | None]:
+    """The table's figures for one run, from its record."""
+    rec = run["record"]
+    warmup, steps = rec["warmup_steps"], rec["steps"]
+    ends, audio = rec["step_end"], rec["step_audio_s"]
+    if len(ends) < steps:
+        raise SystemExit(f"throughput: {run['system']} run {run['rep']} recorded {len(ends)} of {steps} steps")
+    window_start, window_end = ends[warmup - 1], ends[steps - 1]
+    inside = [v for v in rec["validations"] if window_start <= v["start"] < window_end]
+    train_s = window_end - window_start - sum(v["end"] - v["start"] for v in inside)
+    between = [v for v in rec["validations"] if ends[0] <= v["start"] < window_end]
+    all_s = window_end - ends[0] - sum(v["end"] - v["start"] for v in between)
+    cpu = rec["step_cpu"]
+    train_cpu_s = cpu[steps - 1] - cpu[warmup - 1] - sum(v["cpu_s"] for v in inside)
+    last_val = rec["validations"][-1]
+    return {
+        "train_audio_s_per_s": sum(audio[warmup:steps]) / train_s,
+        "train_s_per_step": train_s / (steps - warmup),
+        "train_all_audio_s_per_s": sum(audio[1:steps]) / all_s,
+        "val_s_per_100_utts": (last_val["end"] - last_val["start"]) / last_val["utterances"] * 100,
+        "train_cpu_s_per_step": train_cpu_s / (steps - warmup),
+        "val_cpu_s_per_100_utts": last_val["cpu_s"] / last_val["utterances"] * 100,
+        "peak_rss_mb": rec["peak_rss_mb"],
+        "peak_gpu_mb": rec["peak_gpu_mb"],
+        "startup_s": rec["fit_start"] - run["launch"],
+        "fit_s": rec["fit_end"] - rec["fit_start"],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    by_rep: dict[int, dict[str, dict]] = {}
+    for run in runs:
+        by_rep.setdefault(run["rep"], {})[run["system"]] = run["figures"]
+    summary = {}
+    for key, _, _, _ in FIGURES:
+        ours = [rep["ours"][key] for rep in by_rep.values() if rep["ours"][key] is not None]
+        theirs = [rep["theirs"][key] for rep in by_rep.values() if rep["theirs"][key] is not None]
+        if not ours or not theirs:
+            continue
+        ratios = [rep["ours"][key] / rep["theirs"][key] for rep in by_rep.values() if rep["theirs"][key]]
+        summary[key] = {"ours": spread(ours), "theirs": spread(theirs), "ratio": spread(ratios)}
+    return summary
+
+
+def train_flops_per_audio_second(overrides: Sequence[str], seconds: float, batch_size: int) -> float:
+    """FLOPs of one forward + backward of the network (feature encoder frozen as configured, layerdrop
+    and masking off), per second of audio, measured with torch's FLOP counter on one batch."""
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.hf_trainer_baseline import compose_config
+    from broadclass.data.labels import LabelMap
+    from broadclass.model.encoder import build_network
+
+    cfg = compose_config(overrides)
+    labels = LabelMap.from_config(cfg.data.labels, cfg.data.categories)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = build_network(len(labels.tokens), cfg.model.pretrained, OmegaConf.to_container(cfg.model.config)).to(device).eval()
+    if cfg.model.freeze_feature_encoder:
+        net.freeze_feature_encoder()
+    samples = int(seconds * cfg.data.sample_rate)
+    audio = torch.randn(batch_size, samples, device=device)
+    with FlopCounterMode(display=False) as counter:
+        net(audio).logits.float().sum().backward()
+    return counter.get_total_flops() / (batch_size * seconds)
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given:
+        return given
+    return next((value for name, value in PEAK_TFLOPS.items() if name in device), None)
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+    import pytorch_lightning
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+    }
+
+
+def profile(args: argparse.Namespace, shared: list[str], work: Path) -> None:
+    cmd = command("ours", shared, work, 0, args.warmup, args.steps) + [
+        "+trainer.profiler._target_=pytorch_lightning.profilers.SimpleProfiler",
+        f"+trainer.profiler.dirpath={work}",
+        "+trainer.profiler.filename=profile",
+        "+callbacks.phase_profile._target_=benchmarks.lightning_probe.PhaseProfile",
+    ]
+    print(f"[bench] profiling ours: {args.steps} steps, 1 validation ...", flush=True)
+    run = launch("ours", cmd, work, 0, args.threads)
+    f = figures(run)
+    out = RESULTS_DIR / f"profile-{args.profile}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# python -m benchmarks.throughput {' '.join(sys.argv[1:])}\n"
+        f"# {machine()['cpu']}, load average before the run {run['load_avg_1min']:.1f}\n"
+        f"# window steps {args.warmup + 1}..{args.steps}: {f['train_audio_s_per_s']:.1f} audio-s/s, "
+        f"{f['train_s_per_step']:.3f} s/step ({f['train_cpu_s_per_step']:.3f} CPU s); validation "
+        f"{f['val_s_per_100_utts']:.2f} s/100 utt\n"
+    )
+    out.write_text(header + (work / "fit-profile.txt").read_text())
+    print(f"[bench] wrote {out}")
+
+
+def fmt(value: float, key: str) -> str:
+    return f"{value:.3f}" if key.startswith("train_") and "per_step" in key else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def table(summary: dict[str, dict]) -> str:
+    lines = [
+        "| figure | ours: median [min–max] | HF Trainer: median [min–max] | ours/theirs [min–max] | target |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, higher, target in FIGURES:
+        if key not in summary:
+            continue
+        row = summary[key]
+        cells = [f"{fmt(row[s]['median'], key)} [{fmt(row[s]['min'], key)}–{fmt(row[s]['max'], key)}]" for s in ("ours", "theirs")]
+        ratio = row["ratio"]
+        goal = "" if target is None else f"{'≥' if higher else '≤'} {target:.2f}"
+        met = "" if target is None else (" ✓" if (ratio["median"] >= target if higher else ratio["median"] <= target) else " ✗")
+        lines.append(
+            f"| {label} | {cells[0]} | {cells[1]} | {ratio['median']:.2f} [{ratio['min']:.2f}–{ratio['max']:.2f}] | {goal}{met} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(PRESETS), default="tiny", help="tiny (the demo's) or xlsr53 (random weights)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run; validation runs at the last")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=50,
+        help="steps excluded from the throughput window (default: the demo's first epoch, 50 batches)",
+    )
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (each: one run of each system)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads for both (OMP_NUM_THREADS); 1 on a CPU shared with other work, where "
+        "threads waiting on each other at every op multiply step times",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="LABEL",
+        default=None,
+        help="instead of the comparison: one run of ours under Lightning's SimpleProfiler with our phases "
+        "(benchmarks/lightning_probe.py:PhaseProfile); the table goes to experiments/throughput/profile-LABEL.txt",
+    )
+    parser.add_argument("--systems", default="ours,theirs", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON (default experiments/throughput/<model>-<device>.json)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for logs, checkpoints, MLflow stores")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both systems (after --), e.g. data=manifest ...")
+    args = parser.parse_args(argv)
+    if not 0 < args.warmup < args.steps:
+        parser.error("need 0 < --warmup < --steps")
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    work = (args.work or ROOT / "outputs" / "bench" / stamp).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    base = [*PRESETS[args.model], *args.overrides]
+    shared = [*base, *prepare_data(base), f"trainer.max_steps={args.steps}", f"val_every_n_optimizer_steps={args.steps}"]
+    info = machine()
+    if args.profile:
+        profile(args, shared, work)
+        return
+    systems = args.systems.split(",")
+    runs = []
+    for rep in range(args.reps):
+        order = systems if rep % 2 == 0 else systems[::-1]
+        for system in order:
+            print(f"[bench] rep {rep + 1}/{args.reps}: {system} ...", flush=True)
+            run = launch(system, command(system, shared, work, rep, args.warmup, args.steps), work, rep, args.threads)
+            run["figures"] = figures(run)
+            f = run["figures"]
+            print(
+                f"[bench]   {f['train_audio_s_per_s']:.1f} audio-s/s, {f['train_s_per_step']:.3f} s/step, "
+                f"validation {f['val_s_per_100_utts']:.2f} s/100 utt, peak RSS {f['peak_rss_mb']:.0f} MiB, "
+                f"start {f['startup_s']:.1f} s (load avg {run['load_avg_1min']:.1f})",
+                flush=True,
+            )
+            runs.append(run)
+    summary = summarize(runs) if set(systems) == {"ours", "theirs"} else {}
+    result = {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
+        "date_utc": stamp,
+        "machine": info,
+        "settings": {
+            "model": args.model,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "reps": args.reps,
+            "threads": args.threads,
+            "overrides": shared,
+        },
+        "summary": summary,
+        "runs": runs,
+        "work_dir": str(work),
+    }
+    if info["gpu"] and "train_audio_s_per_s" in summary:
+        batch = int(next((o.split("=", 1)[1] for o in shared if o.startswith("data.batch_size=")), 8))
+        durations = [d for run in runs[:1] for d in run["record"]["step_audio_s"]]
+        per_audio_s = train_flops_per_audio_second(shared, statistics.median(durations) / batch, batch)
+        peak = peak_tflops(info["gpu"], args.peak_tflops)
+        result["mfu"] = {
+            "train_flops_per_audio_s": per_audio_s,
+            "peak_tflops": peak,
+            **{
+                system: (summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None)
+                for system in ("ours", "theirs")
+            },
+        }
+    if summary:
+        print(table(summary))
+    if "mfu" in result:
+        print(f"model FLOP utilization: {json.dumps(result['mfu'])}")
+    out = args.out or RESULTS_DIR / f"{args.model}-{'cuda' if info['gpu'] else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"[bench] wrote {out} (logs and stores in {work})")
+
+
+if __name__ == "__main__":
+    main()

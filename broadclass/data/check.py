@@ -1,0 +1,332 @@
+"""Check manifests before training: every row that would waste or break a run, reported by kind.
+
+``check_splits`` looks at every row of every split once and returns a :class:`DataReport` naming each
+problem row (``file:line``, id, what is wrong). The datamodule runs it in ``setup``, so every way into
+training gets it; ``data.on_error=raise`` stops there with the whole report, ``skip`` drops the rows.
+
+Audio is opened with ``soundfile.info`` first (missing, unreadable, empty), then decoded through the
+datamodule's :class:`AudioCache` (silent, non-finite, too short): the decoded 16 kHz waveform lands in
+the cache, so the first epoch reads it from there instead of decoding again.
+
+``python -m broadclass.data.check [MANIFEST ...] [OVERRIDE ...]`` checks from the shell (exit status 1
+when any row has a problem); see :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from broadclass.data.audio import AudioCache, AudioError
+from broadclass.data.labels import WORD_BOUNDARY, LabelMap
+from broadclass.data.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import MLFlowLogger
+
+# What each kind means, in report order.
+KINDS = {
+    "missing_audio": "audio file not found",
+    "unreadable_audio": "audio file cannot be decoded",
+    "empty_audio": "audio file has no samples",
+    "non_finite_audio": "audio has NaN or infinite samples",
+    "silent_audio": "audio is silent (peak below -80 dBFS)",
+    "too_short_for_encoder": "audio shorter than the encoder's receptive field: no output frame",
+    "too_short_for_labels": "fewer encoder frames than CTC needs for the labels (tokens + repeats)",
+    "unknown_category": "category not in data.categories",
+    "unknown_phones": "phones with no broad class in the label config",
+    "empty_transcription": "no tokens after mapping the phones",
+    "duplicate_id": "utterance id used by an earlier row",
+    "speaker_overlap": "evaluation speaker also in the train split",
+}
+SILENCE_PEAK = 1e-4  # -80 dBFS: digital silence, or a lone bit of dither
+EVALUATION_SPLITS = ("validation", "test")
+ON_ERROR = ("raise", "skip")
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class EncoderGeometry:
+    """The wav2vec2 feature encoder's convolutions; the default is the stack every wav2vec2 model uses."""
+
+    kernels: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    strides: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+
+    @classmethod
+    def of(cls, config: object) -> EncoderGeometry:
+        """From a ``Wav2Vec2Config`` (or anything with ``conv_kernel`` and ``conv_stride``)."""
+        return cls(tuple(config.conv_kernel), tuple(config.conv_stride))
+
+    def frames(self, samples: int) -> int:
+        """Output frames for ``samples`` input samples (``Wav2Vec2Model._get_feat_extract_output_lengths``)."""
+        for kernel, stride in zip(self.kernels, self.strides, strict=True):
+            samples = (samples - kernel) // stride + 1 if samples >= kernel else 0
+        return samples
+
+    @property
+    def receptive_field(self) -> int:
+        """Fewest input samples giving one output frame (400 for the standard stack)."""
+        size = 1
+        for kernel, stride in zip(reversed(self.kernels), reversed(self.strides), strict=True):
+            size = (size - 1) * stride + kernel
+        return size
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    split: str
+    source: str  # manifest file:line
+    id: str
+    detail: str
+
+
+@dataclass
+class DataReport:
+    """Rows checked per split and every problem found. ``warn_only`` kinds never stop or drop a row."""
+
+    rows: dict[str, int]
+    problems: list[Problem] = field(default_factory=list)
+    warn_only: frozenset[str] = frozenset()
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind not in self.warn_only]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def bad_sources(self) -> set[str]:
+        return {p.source for p in self.errors}
+
+    def by_kind(self) -> dict[str, list[Problem]]:
+        grouped: dict[str, list[Problem]] = defaultdict(list)
+        for problem in self.problems:
+            grouped[problem.kind].append(problem)
+        return {kind: grouped[kind] for kind in KINDS if kind in grouped}
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "rows_with_errors": len(self.bad_sources()),
+            "warn_only": sorted(self.warn_only),
+            "problems": {kind: [asdict(p) for p in found] for kind, found in self.by_kind().items()},
+        }
+
+    def format(self, limit: int = MAX_LISTED) -> str:
+        checked = ", ".join(f"{split} {n}" for split, n in self.rows.items())
+        if not self.problems:
+            return f"Data check: no problems in {checked} rows."
+        lines = [f"Data check of {checked} rows: {len(self.bad_sources())} row(s) with errors."]
+        for kind, found in self.by_kind().items():
+            label = "warning" if kind in self.warn_only else "error"
+            lines.append(f"{kind} ({label}, {len(found)} row(s)): {KINDS[kind]}")
+            lines += [f"  {p.source} (id {p.id}): {p.detail}" for p in found[:limit]]
+            if len(found) > limit:
+                lines.append(f"  … {len(found) - limit} more")
+        return "\n".join(lines)
+
+
+class DataCheckError(ValueError):
+    """Manifest rows that would break or waste training; ``report`` holds every one."""
+
+    def __init__(self, report: DataReport, hint: str = ""):
+        self.report = report
+        super().__init__(report.format() + (f"\n{hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class _Audio:
+    kind: str | None  # None: usable
+    detail: str = ""
+    samples: int = 0
+
+
+def inspect_audio(path: str, audio: AudioCache) -> _Audio:
+    """Header first (cheap), then the decoded waveform through the cache."""
+    if not Path(path).is_file():
+        return _Audio("missing_audio", f"{path} not found")
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError or TypeError by format
+        return _Audio("unreadable_audio", f"{path}: {err}")
+    if info.frames == 0:
+        return _Audio("empty_audio", f"{path}: 0 samples in the header")
+    try:
+        wave = audio.load(path)
+    except AudioError as err:
+        return _Audio("unreadable_audio", str(err))
+    if not np.isfinite(wave).all():
+        return _Audio("non_finite_audio", f"{path}: {int((~np.isfinite(wave)).sum())} non-finite sample(s)")
+    peak = float(np.abs(wave).max())
+    if peak < SILENCE_PEAK:
+        return _Audio("silent_audio", f"{path}: peak {peak:.2g}")
+    return _Audio(None, samples=len(wave))
+
+
+def _labels_problem(row: dict, labels: LabelMap) -> tuple[str, str] | None:
+    if row["category"] not in labels.category_names:
+        return "unknown_category", f"category {row['category']!r} (known: {', '.join(labels.category_names)})"
+    classes, unknown = labels.class_sequence(str(row["phones"]))
+    if unknown and labels.unknown == "raise":
+        return "unknown_phones", f"{', '.join(repr(p) for p in sorted(unknown))} in {row['phones']!r}"
+    if not [c for c in classes if c != WORD_BOUNDARY]:
+        return "empty_transcription", f"phones {row['phones']!r}"
+    return None
+
+
+def ctc_frames_needed(tokens: Sequence[object]) -> int:
+    """CTC needs a frame per token plus a blank between each pair of equal neighbours."""
+    return len(tokens) + sum(a == b for a, b in zip(tokens[:-1], tokens[1:], strict=True))
+
+
+def check_splits(
+    splits: Mapping[str, Sequence[dict]],
+    labels: LabelMap,
+    audio: AudioCache,
+    encoder: EncoderGeometry = EncoderGeometry(),
+    allow_speaker_overlap: bool = False,
+    workers: int | None = None,
+) -> DataReport:
+    """Every problem of every row of ``splits`` (split name → rows from ``read_manifest``)."""
+    report = DataReport(
+        rows={split: len(rows) for split, rows in splits.items()},
+        warn_only=frozenset({"speaker_overlap"} if allow_speaker_overlap else ()),
+    )
+
+    def add(kind: str, split: str, row: dict, detail: str) -> None:
+        report.problems.append(Problem(kind, split, row["_source"], str(row["id"]), detail))
+
+    paths = sorted({row["audio_filepath"] for rows in splits.values() for row in rows})
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        audio_of = dict(zip(paths, pool.map(lambda p: inspect_audio(p, audio), paths), strict=True))
+
+    first_seen: dict[str, str] = {}
+    train_speakers = {str(row["speaker"]) for row in splits.get("train", ()) if row.get("speaker") is not None}
+    for split, rows in splits.items():
+        for row in rows:
+            found = audio_of[row["audio_filepath"]]
+            frames = encoder.frames(found.samples)
+            if found.kind is not None:
+                add(found.kind, split, row, found.detail)
+            elif frames == 0:
+                detail = f"{found.samples} samples < receptive field {encoder.receptive_field}"
+                add("too_short_for_encoder", split, row, detail)
+            label_problem = _labels_problem(row, labels)
+            if label_problem is not None:
+                add(label_problem[0], split, row, label_problem[1])
+            elif frames > 0:
+                needed = ctc_frames_needed(labels.class_sequence(str(row["phones"]))[0])
+                if frames < needed:
+                    add("too_short_for_labels", split, row, f"{frames} frames for {needed} needed")
+            utt_id = str(row["id"])
+            if utt_id in first_seen:
+                add("duplicate_id", split, row, f"id also at {first_seen[utt_id]}")
+            else:
+                first_seen[utt_id] = row["_source"]
+            speaker = row.get("speaker")
+            if split in EVALUATION_SPLITS and speaker is not None and str(speaker) in train_speakers:
+                add("speaker_overlap", split, row, f"speaker {speaker!r} is also in train")
+    return report
+
+
+def apply_report(splits: Mapping[str, Sequence[dict]], report: DataReport, on_error: str) -> dict[str, list[dict]]:
+    """The rows to use: all of them when clean; otherwise raise (``raise``) or drop bad rows (``skip``)."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if report.ok:
+        return {split: list(rows) for split, rows in splits.items()}
+    if on_error == "raise":
+        raise DataCheckError(
+            report, "Fix or remove these rows, or set data.on_error=skip to train without them (the report is logged)."
+        )
+    bad = report.bad_sources()
+    kept = {split: [row for row in rows if row["_source"] not in bad] for split, rows in splits.items()}
+    emptied = [split for split, rows in kept.items() if not rows]
+    if emptied:
+        raise DataCheckError(report, f"data.on_error=skip leaves no rows in: {', '.join(emptied)}.")
+    return kept
+
+
+def log_check_report(logger: MLFlowLogger, report: DataReport) -> None:
+    """``data/check_report.json`` and the count of rows with errors, on the run behind ``logger``."""
+    logger.experiment.log_text(
+        logger.run_id, json.dumps(report.to_dict(), ensure_ascii=False, indent=2), "data/check_report.json"
+    )
+    logger.log_hyperparams({"data/check/rows_with_errors": len(report.bad_sources())})
+
+
+# ---- command line -------------------------------------------------------------------------------
+def _compose(overrides: Sequence[str]):
+    from hydra import compose, initialize_config_dir
+
+    import broadclass.config  # noqa: F401  (registers the resolvers)
+
+    conf_dir = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def _config_manifests(cfg) -> dict[str, str]:
+    from hydra.utils import instantiate
+
+    manifests = {"train": cfg.data.train_manifest, "validation": cfg.data.val_manifest}
+    manifests["test"] = cfg.data.get("test_manifest")
+    if not manifests["train"] and cfg.data.prepare is not None:
+        built = instantiate(cfg.data.prepare)()
+        manifests = {split: manifests.get(split) or str(path) for split, path in built.items()}
+    return {split: str(path) for split, path in manifests.items() if path}
+
+
+def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(
+        description="Check manifests as training would, and report every problem row by kind.",
+        epilog="Without MANIFESTs, the config's own manifests are checked (running its prepare step if they "
+        "are unset). A MANIFEST's split is its file stem (train, validation, test).",
+    )
+    parser.add_argument("items", nargs="*", help="MANIFEST paths and Hydra OVERRIDEs (key=value, +experiment=…)")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    parser.add_argument("--labels", help="label config: a name in conf/labels/ or a YAML file (default: the config's)")
+    args = parser.parse_args(argv)
+    overrides = [item for item in args.items if "=" in item]
+    manifests = {Path(item).stem: item for item in args.items if "=" not in item}
+    from_file = args.labels is not None and args.labels.endswith((".yaml", ".yml"))
+    if args.labels is not None and not from_file:
+        overrides.append(f"labels={args.labels}")
+    cfg = _compose(overrides)
+    labels = LabelMap.from_config(OmegaConf.load(args.labels) if from_file else cfg.data.labels, cfg.data.categories)
+    conv = cfg.model.get("config") or {}
+    encoder = (
+        EncoderGeometry(tuple(conv.conv_kernel), tuple(conv.conv_stride))
+        if "conv_kernel" in conv and "conv_stride" in conv
+        else EncoderGeometry()
+    )
+    splits = {split: read_manifest(path) for split, path in (manifests or _config_manifests(cfg)).items()}
+    report = check_splits(
+        splits,
+        labels,
+        AudioCache(cfg.data.get("cache_dir"), cfg.data.sample_rate),
+        encoder,
+        allow_speaker_overlap=bool(cfg.data.get("allow_speaker_overlap", False)),
+    )
+    print_fn(report.format())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Load a trained model without its training config: a Lightning checkpoint, an exported folder, an MLflow run.
+
+Every checkpoint carries a ``"broadclass"`` section (written by ``BroadClassModule.on_save_checkpoint``)
+with what inference needs: the token list, the label config and categories the LabelMap is rebuilt
+from, the full network config (not only the overrides the run was configured with, so a model
+fine-tuned from a hub checkpoint is rebuilt without the hub) and the validation report it was saved
+after. An exported folder (``broadclass.export``) keeps the same section in ``broadclass.json``.
+
+Nothing is unpickled: checkpoints are read with ``torch.load(weights_only=True)`` and exported weights
+from safetensors, so a file someone hands over cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import PretrainedConfig
+
+from broadclass.data.labels import LabelMap
+
+if TYPE_CHECKING:
+    from broadclass.model.module import BroadClassModule
+
+METADATA_KEY = "broadclass"
+METADATA_FILE = "broadclass.json"
+# The artifact folder a run's exported model is logged under (broadclass.tracking.export_callback).
+RUN_ARTIFACT = "model"
+FORMAT_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """A model source that cannot be used; the message names it and says why."""
+
+
+class VocabularyMismatchError(ModelLoadError):
+    """Weights trained for other tokens: restoring them would mislabel every output."""
+
+
+def label_config(labels: LabelMap) -> dict[str, Any]:
+    """A label config (``conf/labels/*.yaml`` form) that rebuilds ``labels``, as plain types."""
+    classes = {
+        name: {"tag": str(spec["tag"]), "phones": [str(p) for p in spec.get("phones", [])]}
+        for name, spec in labels.classes.items()
+    }
+    drop = [str(name) for name in labels.drop]
+    # LabelMap takes the classes named in `drop` out of `classes` (they get no tokens) but keeps their
+    # phones known; they are written back from its phone table, after the others so token ids are kept,
+    # under a tag no class uses (a dropped class's tag names no token).
+    for name in drop:
+        phones = sorted(phone for phone, owner in labels._phone_to_class.items() if owner == name)
+        classes[name] = {"tag": f"({name})", "phones": phones}
+    return {
+        "name": labels.name,
+        "classes": classes,
+        "strip": [str(mark) for mark in labels.strip],
+        "unknown": labels.unknown,
+        "drop": drop,
+    }
+
+
+def checkpoint_metadata(
+    labels: LabelMap, network_config: PretrainedConfig, report: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``"broadclass"`` section: plain types only, so ``torch.load(weights_only=True)`` reads it."""
+    return {
+        "format": FORMAT_VERSION,
+        "tokens": labels.tokens,
+        "labels": label_config(labels),
+        "categories": [{"name": c.name, "tag": c.tag} for c in labels.categories],
+        "network": network_config.to_dict(),
+        # The validation report the checkpoint was saved after (predictions left out: they are large).
+        "report": {k: v for k, v in report.items() if k != "predictions"} if report else None,
+    }
+
+
+def saved_tokens(checkpoint: Mapping[str, Any]) -> list[str] | None:
+    """The vocabulary a Lightning checkpoint was trained with (older checkpoints: from its hparams)."""
+    if METADATA_KEY in checkpoint:
+        return list(checkpoint[METADATA_KEY]["tokens"])
+    tokens = checkpoint.get("hyper_parameters", {}).get("tokens")
+    return list(tokens) if tokens is not None else None
+
+
+def check_vocabulary(expected: Sequence[str], found: Sequence[str] | None, source: str) -> None:
+    """Raise VocabularyMismatchError naming ``source`` and the first differing token ids."""
+    if found is None:
+        raise VocabularyMismatchError(f"{source} records no vocabulary: it was not written by broadclass")
+    expected, found = list(expected), list(found)
+    if expected == found:
+        return
+    size = max(len(expected), len(found))
+    padded_expected, padded_found = (tokens + ["(none)"] * (size - len(tokens)) for tokens in (expected, found))
+    differences = [
+        f"  id {i}: {there!r} there, {here!r} here"
+        for i, (there, here) in enumerate(zip(padded_found, padded_expected, strict=True))
+        if there != here
+    ]
+    raise VocabularyMismatchError(
+        f"{source} was trained with another vocabulary ({len(found)} tokens) than the config's "
+        f"({len(expected)} tokens):\n"
+        + "\n".join(differences[:10])
+        + (f"\n  … and {len(differences) - 10} more" if len(differences) > 10 else "")
+        + "\nThe vocabulary comes from the label config (labels=...) and data.categories (names, tags and "
+        "order): use the ones the model was trained with."
+    )
+
+
+def labels_from_metadata(metadata: Mapping[str, Any], source: str) -> LabelMap:
+    labels = LabelMap.from_config(metadata["labels"], metadata["categories"])
+    check_vocabulary(labels.tokens, metadata.get("tokens"), source)
+    return labels
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for inference (eval mode, on the CPU) with the metadata it was saved with."""
+
+    module: BroadClassModule
+    metadata: dict[str, Any]
+    source: str
+    card: str | None = None  # an exported folder's README.md, kept when it is exported again
+
+    @property
+    def labels(self) -> LabelMap:
+        return self.module.labels
+
+
+def _build_module(labels: LabelMap, **kwargs: Any) -> BroadClassModule:
+    # Imported here: module.py imports this file for its checkpoint hooks.
+    from broadclass.model.module import BroadClassModule
+
+    return BroadClassModule(labels, freeze_feature_encoder=False, **kwargs)
+
+
+def load_checkpoint(path: str | Path) -> TrainedModel:
+    """A Lightning checkpoint, read without unpickling."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for disallowed types, RuntimeError/EOFError for a damaged file
+        raise ModelLoadError(
+            f"cannot read checkpoint {path} with torch.load(weights_only=True), which refuses anything but "
+            f"tensors and plain types (so that a checkpoint cannot run code): {err}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ModelLoadError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    metadata = checkpoint.get(METADATA_KEY)
+    if metadata is None:
+        raise ModelLoadError(
+            f"checkpoint {path} has no '{METADATA_KEY}' section (label config, network config): it was "
+            "not written by this version of broadclass"
+        )
+    labels = labels_from_metadata(metadata, f"checkpoint {path}")
+    hparams = checkpoint.get("hyper_parameters", {})
+    module = _build_module(
+        labels,
+        config=metadata["network"],
+        decision_rule=hparams.get("decision_rule", "posterior"),
+        category_head_weight=hparams.get("category_head_weight", 0.0),
+    )
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    return TrainedModel(module.eval(), dict(metadata), str(path))
+
+
+def load_exported(folder: str | Path) -> TrainedModel:
+    """A folder written by ``broadclass.export`` (or downloaded from a run's ``model/`` artifact)."""
+    folder = Path(folder)
+    metadata_file = folder / METADATA_FILE
+    if not metadata_file.is_file():
+        raise ModelLoadError(f"{folder} has no {METADATA_FILE}: not a folder written by `python -m broadclass.export`")
+    metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+    labels = labels_from_metadata(metadata, f"exported model {folder}")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    id2label = {int(i): token for i, token in config.get("id2label", {}).items()}
+    check_vocabulary(labels.tokens, [id2label.get(i) for i in range(len(id2label))], f"{folder}/config.json")
+    # The same path as fine-tuning from the folder (model.pretrained=<folder>): safetensors weights.
+    module = _build_module(labels, pretrained=str(folder))
+    card_file = folder / "README.md"
+    card = card_file.read_text(encoding="utf-8") if card_file.is_file() else None
+    return TrainedModel(module.eval(), metadata, str(folder), card)
+
+
+def download_run_model(run: str, destination: str | Path, tracking_uri: str | None = None) -> tuple[str, Path]:
+    """The exported model logged to an MLflow run (given by id or name): its run id and local folder."""
+    # Imported here: MLflow is only needed for a run, and costs seconds to import.
+    from mlflow.exceptions import MlflowException
+
+    from broadclass.report import RunLookupError, default_tracking_uri, find_run, open_store
+
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        client = open_store(uri)
+        run_id = find_run(client, run).info.run_id
+    except RunLookupError as err:
+        raise ModelLoadError(f"model={run}: not a checkpoint file or exported folder, and {err}") from None
+    try:
+        return run_id, Path(client.download_artifacts(run_id, RUN_ARTIFACT, str(destination)))
+    except (MlflowException, OSError) as err:
+        raise ModelLoadError(
+            f"MLflow run {run_id} ({uri}) has no '{RUN_ARTIFACT}/' artifact: it is logged at the end of training "
+            f"when callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
+            f"<checkpoint> <dir>` instead.\nCause: {err}"
+        ) from None
+
+
+def load_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
+    """A checkpoint file, an exported folder, or the model logged to an MLflow run (id or name)."""
+    path = Path(source)
+    if path.is_file():
+        return load_checkpoint(path)
+    if path.is_dir():
+        return load_exported(path)
+    with tempfile.TemporaryDirectory(prefix="broadclass-run-model-") as tmp:
+        run_id, folder = download_run_model(str(source), tmp, tracking_uri)
+        trained = load_exported(folder)
+    trained.source = f"MLflow run {run_id}"
+    return trained

@@ -1,0 +1,378 @@
+"""Transcribe audio with a trained model into broad classes and decide each utterance's category.
+
+``python -m broadclass.predict model=<checkpoint | exported folder | MLflow run id> input=<file | folder |
+manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [num_workers=0] [device=auto]
+[tracking_uri=...]``
+
+Audio of any sample rate and channel count is decoded to 16 kHz mono (as in training). Utterances are
+batched by length (longest first, so an out-of-memory error comes at once), on the GPU when there is
+one. One JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
+``tokens`` (``v_m``, ``|``, ...), ``text`` (the tokens space-separated: what the exported model's
+transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept) and, per
+decision rule, the ``category`` with its ``confidence`` (``posterior``: the category's share of the
+posterior mass; ``vote``: its share of the decoded tokens; ``head``: the head's probability), plus
+``posteriors`` per category.
+
+A manifest whose rows have ``phones`` and ``category`` is scored too: the report (the validation code:
+per-category precision/recall/F1 under every rule, WER, TER) is printed and written to
+``<output stem>.report.json`` and ``.report.txt``. Files that cannot be read are listed on stderr and in
+``<output stem>.errors.jsonl``; every other file is still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+
+from broadclass.data.audio import AudioError, decode, normalize
+from broadclass.data.labels import LabelMap, UnknownPhoneError
+from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
+from broadclass.metrics import CategoryConfusion, RecognitionErrors, format_report
+from broadclass.model.checkpoint import ModelLoadError, TrainedModel, load_model
+from broadclass.model.decoding import category_posteriors, greedy_decode, vote_share
+from broadclass.model.module import BroadClassModule
+
+SAMPLE_RATE = 16_000
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".sph"}
+
+
+@dataclass
+class PredictConfig:
+    model: str = MISSING
+    input: str = MISSING
+    output: str = "predictions.jsonl"
+    csv: bool = False
+    batch_size: int = 8
+    num_workers: int = 0
+    device: str = "auto"
+    tracking_uri: str | None = None
+
+
+class InputError(ValueError):
+    """An input that cannot be predicted at all (as opposed to one unreadable file among others)."""
+
+
+@dataclass
+class Utterance:
+    id: str
+    audio_filepath: str
+    source: str  # the file, or the manifest row, for messages
+    phones: str | None = None
+    category: str | None = None
+    duration: float = 0.0  # read from the file's header before batching, for length sorting
+
+
+@dataclass
+class Outputs:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+
+
+def parse_args(argv: Sequence[str]) -> PredictConfig:
+    """``key=value`` arguments (Hydra override syntax) checked against :class:`PredictConfig`."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        raise SystemExit(0)
+    malformed = [arg for arg in argv if "=" not in arg]
+    if malformed:
+        raise SystemExit(f"arguments are key=value (e.g. model=last.ckpt input=audio/), got: {' '.join(malformed)}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), OmegaConf.from_dotlist(list(argv)))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise SystemExit(f"required: {', '.join(f'{key}=...' for key in missing)}")
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise SystemExit(f"bad argument: {err}") from None
+
+
+def probe_duration(path: str | Path) -> float:
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
+        raise AudioError(f"cannot decode audio file {path}: {err}") from None
+
+
+def collect(input_path: str | Path) -> list[Utterance]:
+    """Utterances of a manifest (``.jsonl``), of every audio file under a folder, or of one audio file."""
+    path = Path(input_path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise InputError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {path}")
+        return [Utterance(str(f.relative_to(path).with_suffix("")), str(f), str(f)) for f in files]
+    if path.suffix == ".jsonl":
+        return [
+            Utterance(str(row["id"]), row["audio_filepath"], row["_source"], row.get("phones"), row.get("category"))
+            for row in read_manifest(path, required=("audio_filepath",))
+        ]
+    if not path.is_file():
+        raise InputError(f"input={path}: no such file or folder")
+    return [Utterance(path.stem, str(path), str(path))]
+
+
+def check_references(utterances: Sequence[Utterance], labels: LabelMap) -> bool:
+    """Whether the utterances can be scored: every row has ``phones`` and a known ``category``."""
+    if not utterances or any(u.phones is None or u.category is None for u in utterances):
+        return False
+    names = set(labels.category_names)
+    unknown = [f"  {u.source}: {u.category!r}" for u in utterances if u.category not in names]
+    if unknown:
+        raise InputError(
+            f"{len(unknown)} row(s) have a category the model does not know ({', '.join(labels.category_names)}):\n"
+            + "\n".join(unknown[:20])
+        )
+    labels.check((u.source, u.phones) for u in utterances)
+    return True
+
+
+class AudioDataset(Dataset):
+    """Normalised 16 kHz waveforms; a file that fails to decode yields its error instead of raising."""
+
+    def __init__(self, utterances: Sequence[Utterance]):
+        self.utterances = utterances
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return index, normalize(decode(self.utterances[index].audio_filepath, SAMPLE_RATE)), None
+        except AudioError as err:
+            return index, None, str(err)
+
+
+def pad(items: Sequence[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
+    good = [(i, wave) for i, wave, _ in items if wave is not None]
+    lengths = [len(wave) for _, wave in good]
+    audio = torch.zeros(len(good), max(lengths, default=0))
+    mask = torch.zeros(len(good), max(lengths, default=0), dtype=torch.long)
+    for row, (_, wave) in enumerate(good):
+        audio[row, : len(wave)] = torch.from_numpy(wave)
+        mask[row, : len(wave)] = 1
+    return {
+        "indices": [i for i, _ in good],
+        "input_values": audio,
+        "attention_mask": mask,
+        "failed": [(i, error) for i, wave, error in items if wave is None],
+    }
+
+
+def rule_distributions(
+    module: BroadClassModule, out: dict[str, torch.Tensor], decoded: list[list[int]]
+) -> dict[str, torch.Tensor]:
+    """Per rule, the per-category scores its confidence is read from (rows sum to 1, or 0 for no vote)."""
+    token_category = module.token_category
+    k = module.num_categories
+    scores = {
+        "vote": vote_share(decoded, token_category.tolist(), k),
+        "posterior": category_posteriors(out["logits"], out["output_lengths"], token_category, k).cpu(),
+    }
+    if "category_logits" in out:
+        scores["head"] = out["category_logits"].float().softmax(dim=1).cpu()
+    return scores
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def length_sorted_batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(utterances)), key=lambda i: -utterances[i].duration)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def failure(utt: Utterance, error: str) -> dict[str, str]:
+    return {"id": utt.id, "audio_filepath": utt.audio_filepath, "error": error}
+
+
+def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The transcription and category decisions of each readable utterance of a padded batch."""
+    out = module(
+        batch["input_values"].to(module.device, non_blocking=True),
+        batch["attention_mask"].to(module.device, non_blocking=True),
+    )
+    decoded = greedy_decode(out["logits"], out["output_lengths"], labels.blank_id)
+    preds = {rule: p.tolist() for rule, p in module.predict_categories(out, decoded).items()}
+    scores = rule_distributions(module, out, decoded)
+    samples = batch["attention_mask"].sum(dim=1).tolist()
+    token_class = labels.token_class()
+    names = labels.category_names
+    records = []
+    for row, ids in enumerate(decoded):
+        tokens = labels.decode(ids)
+        decisions = {rule: pred[row] for rule, pred in preds.items()}
+        records.append(
+            {
+                "duration": round(samples[row] / SAMPLE_RATE, 4),
+                "tokens": tokens,
+                "text": " ".join(tokens),
+                "classes": [token_class[i] for i in ids],
+                "category": {
+                    rule: {"name": names[k], "confidence": round(float(scores[rule][row, k]), 4)}
+                    for rule, k in decisions.items()
+                },
+                "posteriors": {
+                    name: round(float(v), 4) for name, v in zip(names, scores["posterior"][row], strict=True)
+                },
+            }
+        )
+    return records
+
+
+class Scorer:
+    """The validation metrics (a category confusion per rule, WER and TER) over predicted utterances."""
+
+    def __init__(self, labels: LabelMap, rules: Sequence[str]):
+        self.labels = labels
+        self.confusion = {rule: CategoryConfusion(len(labels.categories)) for rule in rules}
+        self.recognition = RecognitionErrors()
+
+    def update(self, utterances: Sequence[Utterance], records: Sequence[dict[str, Any]]) -> None:
+        """Score a batch; each record gets its ``reference`` (category and tokens)."""
+        labels = self.labels
+        for utt, record in zip(utterances, records, strict=True):
+            record["reference"] = {
+                "category": utt.category,
+                "tokens": labels.decode(labels.encode(utt.phones, utt.category)),
+            }
+        truth = torch.tensor([labels.category_index(utt.category) for utt in utterances])
+        for rule, metric in self.confusion.items():
+            metric.update(torch.tensor([labels.category_index(r["category"][rule]["name"]) for r in records]), truth)
+        self.recognition.update([r["reference"]["tokens"] for r in records], [r["tokens"] for r in records])
+
+    def report(self, source: str, utterances: int) -> dict[str, Any]:
+        return {
+            "source": source,
+            "categories": self.labels.category_names,
+            "utterances": utterances,
+            "errors": {name: float(value) for name, value in self.recognition.compute().items()},
+            "rules": {rule: metric.report() for rule, metric in self.confusion.items()},
+            "confusion": {rule: metric.compute().tolist() for rule, metric in self.confusion.items()},
+        }
+
+
+def predict(
+    trained: TrainedModel,
+    utterances: Sequence[Utterance],
+    batch_size: int = 8,
+    device: str = "auto",
+    num_workers: int = 0,
+    console: Console | None = None,
+) -> Outputs:
+    """Records in input order, the files that failed, and the report when references are given."""
+    outputs = Outputs()
+    readable: list[Utterance] = []
+    for utt in utterances:
+        try:
+            readable.append(replace(utt, duration=probe_duration(utt.audio_filepath)))
+        except AudioError as err:
+            outputs.errors.append(failure(utt, str(err)))
+    labels = trained.labels
+    module = trained.module.to(resolve_device(device)).eval()
+    scorer = Scorer(labels, module.rules) if check_references(readable, labels) else None
+    loader = DataLoader(
+        AudioDataset(readable),
+        batch_sampler=length_sorted_batches(readable, batch_size),
+        collate_fn=pad,
+        num_workers=num_workers,
+        pin_memory=module.device.type == "cuda",
+    )
+    by_index: dict[int, dict[str, Any]] = {}
+    progress = Progress(
+        TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+    with progress, torch.inference_mode():
+        task = progress.add_task("predict", total=len(readable))
+        for batch in loader:
+            outputs.errors += [failure(readable[i], error) for i, error in batch["failed"]]
+            if batch["indices"]:
+                batch_utts = [readable[i] for i in batch["indices"]]
+                records = [
+                    {"id": utt.id, "audio_filepath": utt.audio_filepath, **record}
+                    for utt, record in zip(batch_utts, predict_batch(module, labels, batch), strict=True)
+                ]
+                if scorer is not None:
+                    scorer.update(batch_utts, records)
+                by_index.update(zip(batch["indices"], records, strict=True))
+            progress.advance(task, len(batch["indices"]) + len(batch["failed"]))
+    outputs.records = [by_index[i] for i in sorted(by_index)]
+    if scorer is not None and outputs.records:
+        outputs.report = scorer.report(trained.source, len(outputs.records))
+    return outputs
+
+
+def report_text(report: dict[str, Any]) -> str:
+    errors = report["errors"]
+    lines = [
+        f"{report['utterances']} utterances scored, model {report['source']}",
+        f"WER {errors['wer']:.4f}   TER {errors['ter']:.4f}",
+    ]
+    for rule, scores in report["rules"].items():
+        lines += ["", f"category (rule: {rule})", format_report(scores, report["categories"], digits=4)]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, records: Sequence[dict[str, Any]], rules: Sequence[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["id", "audio_filepath", "duration", "text", "classes"]
+            + [f"{rule}_{column}" for rule in rules for column in ("category", "confidence")]
+        )
+        for r in records:
+            per_rule = [r["category"][rule][key] for rule in rules for key in ("name", "confidence")]
+            writer.writerow([r["id"], r["audio_filepath"], r["duration"], r["text"], " ".join(r["classes"]), *per_rule])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    stderr = Console(stderr=True)
+    try:
+        utterances = collect(cfg.input)
+        trained = load_model(cfg.model, tracking_uri=cfg.tracking_uri)
+        outputs = predict(trained, utterances, cfg.batch_size, cfg.device, cfg.num_workers, console=stderr)
+    except (InputError, ModelLoadError, ManifestError, UnknownPhoneError) as err:
+        raise SystemExit(f"error: {err}") from None
+    output = Path(cfg.output)
+    write_manifest(output, outputs.records)
+    write_manifest(output.with_suffix(".errors.jsonl"), outputs.errors)
+    written = [str(output)]
+    if cfg.csv:
+        write_csv(output.with_suffix(".csv"), outputs.records, trained.module.rules)
+        written.append(str(output.with_suffix(".csv")))
+    if outputs.errors:
+        stderr.print(
+            f"{len(outputs.errors)} file(s) could not be read (also in {output.with_suffix('.errors.jsonl')}):"
+        )
+        for error in outputs.errors:
+            stderr.print(f"  {error['audio_filepath']}: {error['error']}", markup=False, highlight=False)
+    if outputs.report is not None:
+        text = report_text(outputs.report)
+        print(text)
+        output.with_suffix(".report.json").write_text(json.dumps(outputs.report, indent=2) + "\n", encoding="utf-8")
+        output.with_suffix(".report.txt").write_text(text + "\n", encoding="utf-8")
+        written += [str(output.with_suffix(".report.json")), str(output.with_suffix(".report.txt"))]
+    stderr.print(f"{len(outputs.records)} of {len(utterances)} utterance(s) predicted: {', '.join(written)}")
+    return 0 if outputs.records else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

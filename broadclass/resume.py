@@ -1,0 +1,119 @@
+"""Resume a crashed run: the same command continues from its newest checkpoint, into the same MLflow run.
+
+* The run folder is stable (``hydra.run.dir`` from :func:`run_dir`): ``<time>_<key>``, the key being
+  ``run_name`` or a hash of the command's overrides. With ``resume=auto`` the newest folder of that key
+  is reused unless its run finished (a ``FINISHED`` file), so re-running the command finds it.
+* :func:`find_resume_point` picks the newest checkpoint in ``<run>/checkpoints`` and the MLflow run id
+  kept beside it (``mlflow_run.json``, written by :func:`remember_run` when the run is created).
+* :class:`RestoreRandomState` keeps the random generators (dropout, SpecAugment) in the checkpoint and
+  puts them back just before the first resumed step; the datamodule's train loader is stateful, so
+  the epoch goes on from the batch after the checkpoint (see ``ResumableDataLoader``). On CPU with
+  ``trainer.deterministic=true`` a resumed run's numbers equal an uninterrupted run's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "never")
+RUN_FILE = "mlflow_run.json"
+FINISHED_FILE = "FINISHED"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def run_key(overrides: str, run_name: str | None) -> str:
+    """``run_name``, or a short hash of the command line's overrides (``hydra.job.override_dirname``)."""
+    return run_name or hashlib.sha1(overrides.encode()).hexdigest()[:8]
+
+
+def run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> str:
+    """The newest unfinished ``<parent>/<time>_<key>`` with ``resume=auto``; otherwise a new one."""
+    key = run_key(overrides, run_name)
+    if resume == "auto":
+        earlier = sorted(Path(parent).glob(f"*_{key}"))
+        if earlier and not (earlier[-1] / FINISHED_FILE).exists():
+            return str(earlier[-1])
+    while Path(new := f"{parent}/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{key}").exists():
+        time.sleep(0.1)  # names carry the time to the second; never reuse a folder
+    return new
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    checkpoint: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def find_resume_point(output_dir: str | Path, resume: str) -> ResumePoint:
+    """Where to go on from in ``output_dir``: nothing for a new, finished or ``resume=never`` run."""
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+    folder = Path(output_dir)
+    if resume == "never" or (folder / FINISHED_FILE).exists():
+        return ResumePoint()
+    # Lightning writes checkpoints atomically (temporary file, then rename): the newest is whole.
+    checkpoints = sorted((folder / CHECKPOINT_DIR).glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    if not checkpoints:
+        return ResumePoint()
+    run_file = folder / RUN_FILE
+    run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+    log.warning("resuming from %s (MLflow run %s)", checkpoints[-1], run_id or "new")
+    return ResumePoint(str(checkpoints[-1]), run_id)
+
+
+def remember_run(output_dir: str | Path, run_id: str, tracking_uri: str) -> None:
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri}) + "\n")
+
+
+def mark_finished(output_dir: str | Path) -> None:
+    """A finished run is never resumed: the same command then starts a new run folder."""
+    (Path(output_dir) / FINISHED_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+
+class RestoreRandomState(pl.Callback):
+    """Random generator states in every checkpoint, restored right before the first resumed step.
+
+    Restored at that point rather than on load: between loading and the first step Lightning builds
+    loaders and the model, which an uninterrupted run did not do at that point of its random streams.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            # Plain types, not the ndarray get_state() gives: checkpoints must load with weights_only=True.
+            "numpy": (kind, keys.tolist(), position, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

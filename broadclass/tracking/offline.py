@@ -1,0 +1,362 @@
+"""MLflow logging that outlives a stopped tracking server and a resumed run's repeated steps.
+
+:class:`BufferedMLFlowLogger` is Lightning's ``MLFlowLogger`` with three additions:
+
+* **Fail fast.** :func:`check_tracking_server` probes a server URI (``http://…``) once, without
+  retries; ``train`` calls it first, so an unreachable server stops a run in seconds.
+* **Keep going when the server goes away.** Every write (metrics, params, tags, artifacts, the final
+  status) goes to the server as before; when one fails because the server cannot be reached, it and
+  every later write are kept on disk, in order, in ``spool_dir`` (``journal.jsonl`` and ``files/``),
+  and training goes on. The spool is sent whenever the server answers again (tried at most every
+  ``retry_interval_s``) and at the end of training (waiting up to ``flush_timeout_s``). What is still
+  left then is sent by the next run of the same command, or by ``python -m broadclass.tracking.offline
+  <spool_dir>``.
+* **No step twice.** A resumed run recomputes the steps between its checkpoint and the crash; a
+  metric already logged at that step (in MLflow, or waiting in the spool) is not logged again.
+
+Writes to a SQLite store are never spooled: a failure there is an error, raised at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.tracking import MlflowClient
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+JOURNAL = "journal.jsonl"
+SENT = "sent"  # the highest journal sequence number known to be in MLflow
+RUN_FILE = "run.json"
+
+
+class TrackingServerUnreachable(RuntimeError):
+    pass
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def server_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``uri``'s ``/health`` answers, otherwise why not (one try, no retries)."""
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return f"{type(err).__name__}: {err}"
+    return None if response.ok else f"HTTP {response.status_code} from {uri}/health"
+
+
+def check_tracking_server(uri: str) -> None:
+    """Raise a clear error within seconds when ``uri`` is a tracking server that does not answer."""
+    if not is_server(uri):
+        return
+    why = server_reachable(uri)
+    if why is not None:
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server {uri} is not reachable ({why}).\n"
+            "Start it (mlflow server …), or log to a local store instead: unset MLFLOW_TRACKING_URI "
+            "(the default is sqlite:///<project>/mlflow.db)."
+        )
+
+
+class Spool:
+    """Writes waiting for the server, in order, on disk; ``send`` is the function that performs one."""
+
+    def __init__(self, folder: str | Path, send: Callable[[dict], None], retry_interval_s: float = 30.0):
+        self.folder = Path(folder)
+        self.send = send
+        self.retry_interval_s = retry_interval_s
+        self.pending: list[dict] = []
+        self._next_retry = 0.0
+        self._seq = 0
+        journal = self.folder / JOURNAL
+        if journal.is_file():
+            sent = int((self.folder / SENT).read_text()) if (self.folder / SENT).is_file() else 0
+            records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+            self.pending = [r for r in records if r["seq"] > sent]
+            self._seq = max((r["seq"] for r in records), default=0)
+
+    def add(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
+        """Send ``record`` now if nothing waits before it, else (or if that fails) keep it on disk.
+
+        ``files`` writes the record's artifact files into the folder it is given.
+        """
+        self._seq += 1
+        record = {"seq": self._seq, **record}
+        if files is not None:
+            folder = self.folder / "files" / str(self._seq)
+            folder.mkdir(parents=True, exist_ok=True)
+            files(folder)
+            record["local"] = str(folder.relative_to(self.folder))
+        if not self.pending:
+            try:
+                self.send(self._resolved(record))
+            except ConnectionError:
+                self._next_retry = time.monotonic() + self.retry_interval_s
+            else:
+                if files is not None:
+                    shutil.rmtree(folder)
+                return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / JOURNAL).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.pending.append(record)
+        self.drain()
+
+    def drain(self, force: bool = False) -> bool:
+        """Send what is pending, in order, until a send fails; True when nothing is left."""
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self._next_retry:
+            return False
+        sent = 0
+        try:
+            while self.pending:
+                self.send(self._resolved(self.pending[0]))
+                (self.folder / SENT).write_text(str(self.pending.pop(0)["seq"]))
+                sent += 1
+        except ConnectionError:
+            self._next_retry = time.monotonic() + self.retry_interval_s
+            return False
+        finally:
+            if sent:
+                log.warning("MLflow: %d spooled record(s) sent, %d still waiting", sent, len(self.pending))
+        shutil.rmtree(self.folder / "files", ignore_errors=True)
+        (self.folder / JOURNAL).unlink(missing_ok=True)
+        (self.folder / SENT).unlink(missing_ok=True)
+        return True
+
+    def _resolved(self, record: dict) -> dict:
+        if "local" in record:
+            return {**record, "local": str(self.folder / record["local"])}
+        return record
+
+    def flush(self, timeout_s: float) -> bool:
+        """Try until everything is sent or ``timeout_s`` has passed; True when nothing is left."""
+        deadline = time.monotonic() + timeout_s
+        while not self.drain(force=True):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return True
+
+
+def send_record(client: MlflowClient, record: dict) -> None:
+    """Perform one write with ``client``."""
+    run_id, op = record["run_id"], record["op"]
+    if op == "batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
+            params=[Param(k, v) for k, v in record.get("params", [])],
+            tags=[RunTag(k, v) for k, v in record.get("tags", [])],
+        )
+    elif op == "artifacts":
+        client.log_artifacts(run_id, record["local"], record.get("artifact_path"))
+    elif op == "terminated":
+        client.set_terminated(run_id, record["status"], record["end_time"])
+    else:
+        raise ValueError(f"unknown spooled operation {op!r}")
+
+
+def sender(client: MlflowClient, uri: str) -> Callable[[dict], None]:
+    """``send_record`` raising ConnectionError when the write did not reach the server (retry it later).
+
+    A server's own answer to a bad write (RestException: it parsed the request and refused it) is raised
+    as it is; so is any failure of a store that is not a server (SQLite).
+    """
+
+    def send(record: dict) -> None:
+        try:
+            send_record(client, record)
+        except RestException:
+            raise
+        except (MlflowException, requests.RequestException) as err:
+            if not is_server(uri):
+                raise
+            raise ConnectionError(f"{type(err).__name__}: {err}") from err
+
+    return send
+
+
+class SpoolingClient:
+    """An ``MlflowClient`` whose writes go through a :class:`Spool` once the server is unreachable.
+
+    Reads (``get_run``, ``search_runs`` …) go straight to the client. Metrics whose (key, step) was
+    logged before are dropped (``logged``).
+    """
+
+    def __init__(self, client: MlflowClient, uri: str, spool_dir: Path, retry_interval_s: float, logged: set):
+        self._client = client
+        self._uri = uri
+        self.logged = logged
+        self.spool = Spool(spool_dir, sender(client, uri), retry_interval_s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _write(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
+        was_online = not self.spool.pending
+        self.spool.add(record, files)
+        if was_online and self.spool.pending:
+            log.warning(
+                "MLflow server %s unreachable: training goes on, logs are kept in %s and sent when it answers",
+                self._uri,
+                self.spool.folder,
+            )
+
+    # ---- writes --------------------------------------------------------------------------------
+    def log_batch(self, run_id: str, metrics=(), params=(), tags=(), synchronous: bool | None = None) -> None:
+        fresh = [m for m in metrics if (m.key, m.step) not in self.logged]
+        self.logged.update((m.key, m.step) for m in fresh)
+        if fresh or params or tags:
+            self._write(
+                {
+                    "run_id": run_id,
+                    "op": "batch",
+                    "metrics": [[m.key, m.value, m.timestamp, m.step] for m in fresh],
+                    "params": [[p.key, p.value] for p in params],
+                    "tags": [[t.key, t.value] for t in tags],
+                }
+            )
+
+    def log_metric(self, run_id: str, key: str, value: float, timestamp=None, step=None, **_: Any) -> None:
+        self.log_batch(run_id, metrics=[Metric(key, value, timestamp or int(time.time() * 1000), step or 0)])
+
+    def log_param(self, run_id: str, key: str, value: Any, synchronous: bool | None = None) -> None:
+        self.log_batch(run_id, params=[Param(key, str(value))])
+
+    def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None) -> None:
+        self.log_batch(run_id, tags=[RunTag(key, str(value))])
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        record = {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path}
+        self._write(record, lambda folder: shutil.copytree(local_dir, folder, dirs_exist_ok=True))
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        record = {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path}
+        self._write(record, lambda folder: shutil.copy(local_path, folder))
+
+    def _log_file(self, run_id: str, artifact_file: str, write: Callable[[Path], None]) -> None:
+        parent = os.path.dirname(artifact_file) or None
+        name = os.path.basename(artifact_file)
+        self._write({"run_id": run_id, "op": "artifacts", "artifact_path": parent}, lambda folder: write(folder / name))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._log_file(run_id, artifact_file, lambda path: path.write_text(text, encoding="utf-8"))
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str, *, save_kwargs: dict | None = None) -> None:
+        self._log_file(run_id, artifact_file, lambda path: figure.savefig(path, **(save_kwargs or {})))
+
+    def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
+        end = end_time or int(time.time() * 1000)
+        self._write({"run_id": run_id, "op": "terminated", "status": status or "FINISHED", "end_time": end})
+
+
+class BufferedMLFlowLogger(MLFlowLogger):
+    """``MLFlowLogger`` that spools while the server is away and never logs a step twice."""
+
+    def __init__(
+        self,
+        *args: Any,
+        spool_dir: str = "mlflow_spool",
+        retry_interval_s: float = 30.0,
+        flush_timeout_s: float = 60.0,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.spool_dir = Path(spool_dir)
+        self.retry_interval_s = retry_interval_s
+        self.flush_timeout_s = flush_timeout_s
+        if is_server(self._tracking_uri):
+            # One quick try per request: the spool is the retry. MLflow's defaults (7 retries with
+            # back-off, 120 s timeout) would stall training for minutes at each write.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MlflowClient:
+        if self._initialized:
+            return self._mlflow_client
+        resuming = self._run_id is not None
+        client = super().experiment
+        logged = self._logged_steps(client) if resuming else set()
+        spooling = SpoolingClient(client, self._tracking_uri, self.spool_dir, self.retry_interval_s, logged)
+        # What an interrupted session left in the spool goes first, and counts as logged.
+        for record in spooling.spool.pending:
+            logged.update((m[0], m[3]) for m in record.get("metrics", []))
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        (self.spool_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": self._tracking_uri, "run_id": self._run_id}))
+        if resuming:
+            client.update_run(self._run_id, status="RUNNING")
+        spooling.spool.drain(force=True)
+        self._mlflow_client = spooling
+        return spooling
+
+    def _logged_steps(self, client: MlflowClient) -> set[tuple[str, int]]:
+        run = client.get_run(self._run_id)
+        return {(key, m.step) for key in run.data.metrics for m in client.get_metric_history(self._run_id, key)}
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if not self._initialized:
+            return
+        status = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}.get(status, status)
+        if self._checkpoint_callback:
+            self._scan_and_log_checkpoints(self._checkpoint_callback)
+        client: SpoolingClient = self.experiment
+        client.set_terminated(self.run_id, status)
+        if not client.spool.flush(self.flush_timeout_s):
+            log.warning(
+                "MLflow server %s still unreachable: %d record(s) kept in %s. They are sent by the next run of "
+                "the same command, or now with: python -m broadclass.tracking.offline %s",
+                self._tracking_uri,
+                len(client.spool.pending),
+                self.spool_dir,
+                self.spool_dir,
+            )
+
+
+def upload(spool_dir: str | Path, tracking_uri: str | None = None, timeout_s: float = 0.0) -> int:
+    """Send a spool left by a run; returns how many records are still waiting."""
+    folder = Path(spool_dir)
+    meta: Mapping[str, str] = json.loads((folder / RUN_FILE).read_text()) if (folder / RUN_FILE).is_file() else {}
+    uri = tracking_uri or meta.get("tracking_uri")
+    if not uri:
+        raise ValueError(f"{folder}: no {RUN_FILE} with the tracking URI; pass --tracking-uri")
+    spool = Spool(folder, sender(MlflowClient(uri), uri))
+    spool.flush(timeout_s)
+    return len(spool.pending)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Send the MLflow records a run kept while its server was away.")
+    parser.add_argument("spool_dir", type=Path, help="the run's mlflow_spool folder")
+    parser.add_argument("--tracking-uri", help="default: the run's own (from <spool_dir>/run.json)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying (default 60)")
+    args = parser.parse_args(argv)
+    left = upload(args.spool_dir, args.tracking_uri, args.timeout)
+    print(f"{left} record(s) still waiting in {args.spool_dir}" if left else f"all records sent from {args.spool_dir}")
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

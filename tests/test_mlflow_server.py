@@ -1,0 +1,170 @@
+"""Training against a real `mlflow server` over HTTP: fail fast when it is down, lose nothing when it goes away."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import mlflow
+import pytest
+import pytorch_lightning as pl
+import requests
+
+from broadclass.tracking import offline
+from broadclass.tracking.mlflow_run import mlflow_logger
+from broadclass.tracking.offline import TrackingServerUnreachable
+from broadclass.train import train
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` as a subprocess: SQLite backend, local artifact root, loopback, one worker."""
+
+    def __init__(self, folder: Path, database: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{database}",
+            "--default-artifact-root",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (self.folder / "server.log").open("a")
+        self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while offline.server_reachable(self.uri, timeout=1) is not None:
+            assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)  # stops its workers too
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        assert offline.server_reachable(self.uri, timeout=1) is not None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, empty_mlflow_db):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
+    server = MlflowServer(folder, folder / "mlflow.db")
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def run_in(cfg, uri: str):
+    """The MLflow run a training config logged to (its id is kept beside the checkpoints)."""
+    run_id = json.loads((Path(cfg.paths.output_dir) / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(uri)
+    return client, client.get_run(run_id)
+
+
+SHORT = ["test_after_fit=false", "trainer.log_every_n_steps=1", "~callbacks.export_model", "~callbacks.model_card"]
+
+
+def test_training_logs_to_a_real_server_over_http(server, train_config, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    cfg = train_config(*SHORT, "trainer.max_steps=4", "val_every_n_optimizer_steps=4")
+    assert cfg.logger.mlflow.tracking_uri == server.uri
+    train(cfg)
+    client, run = run_in(cfg, server.uri)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2, 3]
+    assert "val/step_000004/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "val/step_000004")}
+
+
+def test_an_unreachable_server_stops_the_run_within_seconds(train_config, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    cfg = train_config(*SHORT)
+    started = time.monotonic()
+    with pytest.raises(TrackingServerUnreachable, match=r"(?s)not reachable .*unset MLFLOW_TRACKING_URI"):
+        train(cfg)
+    assert time.monotonic() - started < 10
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # before any training
+
+
+class Outage(pl.Callback):
+    """Stops the test's server after some optimizer steps and starts it again after others."""
+
+    server: ClassVar[MlflowServer]
+    waiting: ClassVar[dict[int, int]] = {}  # step → records waiting in the spool after it
+
+    def __init__(self, stop_at: list[int], start_at: list[int]):
+        self.stop_at, self.start_at = set(stop_at), set(start_at)
+        Outage.waiting = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        Outage.waiting[step] = len(mlflow_logger(trainer.loggers).experiment.spool.pending)
+        if step in self.stop_at:
+            Outage.server.stop()
+        if step in self.start_at:
+            Outage.server.start()
+
+
+def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monkeypatch):
+    # Down at step 2 (through the validation at 5), back at 6; down again at 9 until after training.
+    Outage.server = server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    cfg = train_config(
+        *SHORT,
+        "trainer.max_steps=10",
+        "val_every_n_optimizer_steps=5",
+        "logger.mlflow.retry_interval_s=0",
+        "logger.mlflow.flush_timeout_s=1",
+        "+callbacks.outage._target_=tests.test_mlflow_server.Outage",
+        "+callbacks.outage.stop_at=[2,9]",
+        "+callbacks.outage.start_at=[6]",
+    )
+    train(cfg)  # training goes on while the server is down
+    waiting = Outage.waiting
+    assert waiting[2] == 0 and waiting[5] > 0  # kept on disk while down …
+    assert waiting[7] == 0  # … and sent once the server answered again
+    spool = Path(cfg.paths.output_dir) / "mlflow_spool"
+    assert (spool / "journal.jsonl").is_file()  # down at the end: what is left stays on disk
+
+    server.start()
+    assert offline.main([str(spool)]) == 0
+    assert not (spool / "journal.jsonl").exists()
+    client, run = run_in(cfg, server.uri)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(10))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [5, 10]
+    for step in (5, 10):
+        folder = f"val/step_{step:06d}"
+        assert f"{folder}/confusion.png" in {a.path for a in client.list_artifacts(run.info.run_id, folder)}
+    assert requests.get(f"{server.uri}/health", timeout=5).ok

@@ -1,0 +1,138 @@
+"""``python -m broadclass.report``: the model card of a real training run, read from its MLflow store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+
+from broadclass.report import main
+from broadclass.train import train
+from tests.conftest import compose_config, demo_overrides
+
+CATEGORIES = ["male", "female", "whisper", "creaky"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> tuple[DictConfig, MlflowClient, str]:
+    """10 optimizer steps, validated at 5 and 10, then the test of the best checkpoint; training loss
+    logged every 2 steps, so a row's training loss is the one logged at or before its step."""
+    root = tmp_path_factory.mktemp("report")
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    steps = ["trainer.max_steps=10", "val_every_n_optimizer_steps=5", "trainer.log_every_n_steps=2"]
+    cfg = compose_config(root, [*demo_overrides(demo_corpus), *steps])
+    train(cfg)
+    client = MlflowClient(cfg.logger.mlflow.tracking_uri)
+    (found,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    return cfg, client, found.info.run_id
+
+
+def card_of(ref: str, uri: str, tmp_path: Path) -> str:
+    out = tmp_path / "card.md"
+    assert main([ref, "--tracking-uri", uri, "--out", str(out)]) == 0
+    return out.read_text(encoding="utf-8")
+
+
+def results_table(card: str) -> list[dict[str, str]]:
+    """The "Training results" table as one dict per row, keyed by the column headers."""
+    section = card.split("### Training results", 1)[1].split("\n#", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header, *rows = ([cell.strip() for cell in line.strip("|").split(" | ")] for line in lines)
+    return [dict(zip(header, row, strict=True)) for row in rows[1:]]  # rows[0]: the alignment row
+
+
+def history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, name)]
+
+
+def test_card_has_one_row_per_validation_with_the_logged_values(run, tmp_path):
+    cfg, client, run_id = run
+    rows = results_table(card_of(run_id, client.tracking_uri, tmp_path))
+    assert [int(row["Step"]) for row in rows] == [5, 10]
+    columns = {"Validation Loss": "val/loss", "Accuracy": "val/accuracy", "Wer": "val/wer", "Ter": "val/ter"}
+    for k, name in enumerate(CATEGORIES):
+        columns.update({f"{name} {field.capitalize()}": f"val/{k}/{field}" for field in ("precision", "recall")})
+        columns[f"{name} F1"] = f"val/{k}/f1"
+    for average, label in (("macro_avg", "Macro"), ("weighted_avg", "Weighted")):
+        columns.update(
+            {f"{label} {field}": f"val/{average}/{field.lower()}" for field in ("Precision", "Recall", "F1")}
+        )
+    columns.update({f"Accuracy ({rule})": f"val/rule/{rule}/accuracy" for rule in ("vote", "posterior")})
+    train_loss = history(client, run_id, "train/loss")
+    for row in rows:
+        step = int(row["Step"])
+        for column, metric in columns.items():
+            (value,) = [v for s, v in history(client, run_id, metric) if s == step]
+            assert row[column] == f"{value:.4f}", (step, column)
+        for k, name in enumerate(CATEGORIES):
+            (support,) = [v for s, v in history(client, run_id, f"val/{k}/support") if s == step]
+            assert row[f"{name} Support"] == str(int(support))
+        latest = [v for s, v in train_loss if s <= step][-1]
+        assert row["Training Loss"] == f"{latest:.4f}"
+        assert row["Epoch"].isdigit()
+
+
+def test_card_lists_the_hyperparameters_and_the_category_names(run, tmp_path):
+    cfg, client, run_id = run
+    card = card_of(run_id, client.tracking_uri, tmp_path)
+    for line in (
+        f"- learning_rate: {cfg.model.lr}",
+        f"- train_batch_size: {cfg.data.batch_size}",
+        f"- eval_batch_size: {cfg.data.eval_batch_size}",
+        f"- seed: {cfg.seed}",
+        "- gradient_accumulation_steps: 1",
+        f"- total_train_batch_size: {cfg.data.batch_size}",
+        "- optimizer: AdamW (torch) with betas=(0.9,0.999), epsilon=1e-08 and weight_decay=0.0",
+        "- lr_scheduler_type: linear",
+        f"- lr_scheduler_warmup_steps: {cfg.model.warmup_steps}",
+        "- training_steps: 10",
+        f"- mixed_precision_training: {cfg.trainer.precision}",
+        "- decision_rule: posterior",
+        "- eval_steps: 5 optimizer steps",
+    ):
+        assert line in card.splitlines(), line
+    # The full report and the confusion matrix of the test (best checkpoint), rows named by category.
+    test = card.split("### Test (best checkpoint, step ", 1)[1]
+    assert "| true \\ predicted | male | female | whisper | creaky |" in test
+    for name in CATEGORIES:
+        assert f"\n| {name} | " in test and f"| **{name}** |" in test
+    assert "It achieves the following results on the test evaluation" in card
+
+
+def test_card_is_logged_to_the_run_when_training_ends(run, tmp_path):
+    cfg, client, run_id = run
+    logged = Path(client.download_artifacts(run_id, "model_card.md", str(tmp_path))).read_text(encoding="utf-8")
+    # Written after the test, from the same store: the same card as one made from the finished run.
+    assert logged == card_of(run_id, client.tracking_uri, tmp_path)
+
+
+def test_run_is_found_by_its_name(run, tmp_path):
+    cfg, client, run_id = run
+    name = client.get_run(run_id).info.run_name
+    assert card_of(name, client.tracking_uri, tmp_path) == card_of(run_id, client.tracking_uri, tmp_path)
+
+
+def test_unknown_run_is_an_error_naming_the_store(run, capsys):
+    cfg, client, run_id = run
+    assert main(["no-such-run", "--tracking-uri", client.tracking_uri]) == 2
+    assert f"no run with id or name 'no-such-run' in {client.tracking_uri}" in capsys.readouterr().err
+
+
+def test_ambiguous_run_name_lists_the_matching_run_ids(run, capsys):
+    cfg, client, run_id = run
+    experiment = client.get_run(run_id).info.experiment_id
+    twins = [client.create_run(experiment, run_name="twin").info.run_id for _ in range(2)]
+    assert main(["twin", "--tracking-uri", client.tracking_uri]) == 2
+    err = capsys.readouterr().err
+    assert "2 runs are named 'twin'" in err
+    assert all(twin in err for twin in twins)
+
+
+def test_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys):
+    store = tmp_path / "nowhere.db"
+    assert main(["some-run", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    assert f"no MLflow store at {store}" in capsys.readouterr().err
+    assert not store.exists()

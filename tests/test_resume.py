@@ -1,0 +1,170 @@
+"""Resume after a crash: SIGKILL a real training process, run the same command again, get the same run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from subprocess import STDOUT
+
+import mlflow
+import pytest
+import pytorch_lightning as pl
+
+from broadclass.resume import FINISHED_FILE, find_resume_point, run_dir
+from broadclass.train import train
+from tests.conftest import TEST_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = [
+    "trainer.max_steps=16",
+    "val_every_n_optimizer_steps=8",
+    "checkpoint_every_n_optimizer_steps=5",
+    "trainer.log_every_n_steps=1",
+    # Bit-for-bit on CPU: deterministic kernels, fp32.
+    "trainer.deterministic=true",
+    "trainer.precision=32-true",
+    "test_after_fit=false",
+    "~callbacks.export_model",
+    "~callbacks.model_card",
+]
+
+
+def command(root: Path, corpus: dict[str, Path]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "broadclass.train",
+        "+experiment=demo",
+        f"paths.root_dir={root}",
+        f"data.train_manifest={corpus['train']}",
+        f"data.val_manifest={corpus['validation']}",
+        "data.prepare=null",
+        f"data.cache_dir={root.parent / 'audio-cache'}",
+        "trainer.enable_progress_bar=false",
+        *TEST_MODEL,
+        *STEPS,
+    ]
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def last_logged_step(db: Path) -> int:
+    """The highest train/loss step in a live SQLite store (read-only; -1 while there is none)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            row = con.execute("SELECT max(step) FROM metrics WHERE key = 'train/loss'").fetchone()
+    except sqlite3.Error:  # not made yet, or locked by the writer
+        return -1
+    return -1 if row[0] is None else int(row[0])
+
+
+def histories(root: Path, experiment: str = "demo") -> tuple[list, dict[str, list[tuple[int, float]]]]:
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    run_id = runs[0].info.run_id
+    return runs, {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in runs[0].data.metrics
+    }
+
+
+class CrashAt(pl.Callback):
+    """Raises at the start of an optimizer step: a crash between two checkpoints."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError(f"crash at step {self.at_step}")
+
+
+@pytest.fixture
+def roots(tmp_path, empty_mlflow_db) -> tuple[Path, Path]:
+    roots = tmp_path / "killed", tmp_path / "reference"
+    for root in roots:
+        root.mkdir()
+        shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    return roots
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_numbers(roots, demo_corpus):
+    killed, reference = roots
+    cmd = command(killed, demo_corpus)
+    logs = {name: (killed.parent / f"{name}.log").open("w+") for name in ("uninterrupted", "killed")}
+    # The uninterrupted run, alongside (its own store and folder, the same data and seed).
+    uninterrupted = subprocess.Popen(
+        command(reference, demo_corpus), cwd=REPO, env=environment(), stdout=logs["uninterrupted"], stderr=STDOUT
+    )
+    process = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=logs["killed"], stderr=STDOUT)
+    deadline = time.monotonic() + 300
+    # Killed between checkpoints (every 5 steps, and at the validation at 8): steps 11-12 are logged
+    # again after the resume from step 10, and must not appear twice.
+    while last_logged_step(killed / "mlflow.db") < 12:
+        assert process.poll() is None, Path(logs["killed"].name).read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not reach step 12"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (folder,) = (killed / "outputs" / "demo" / "runs").iterdir()
+    assert not (folder / FINISHED_FILE).exists()
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # (a) the same folder, from a checkpoint: not a new run from step 0
+    assert [p.name for p in (killed / "outputs" / "demo" / "runs").iterdir()] == [folder.name]
+    assert f"Restoring states from the checkpoint path at {folder}/checkpoints/" in resumed.stderr + resumed.stdout
+    assert (folder / FINISHED_FILE).exists()
+
+    assert uninterrupted.wait(timeout=300) == 0, Path(logs["uninterrupted"].name).read_text()[-3000:]
+
+    runs, resumed_metrics = histories(killed)
+    # (b) one MLflow run, finished, every metric at the same steps as the uninterrupted run, none twice
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    _, reference_metrics = histories(reference)
+    for key, points in resumed_metrics.items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f"{key}: steps logged twice"
+    assert {k: [s for s, _ in v] for k, v in resumed_metrics.items()} == {
+        k: [s for s, _ in v] for k, v in reference_metrics.items()
+    }
+    assert [s for s, _ in resumed_metrics["train/loss"]] == list(range(16))
+    # (c) the same numbers, bit for bit: training losses at every step and the final validation report
+    assert resumed_metrics == reference_metrics
+
+
+def test_a_run_resumed_in_process_continues_where_it_stopped(train_config, tmp_path):
+    """Fast variant: the same command after an exception at step 7 resumes from the step-5 checkpoint."""
+    steps = [s for s in STEPS if not s.startswith(("trainer.max_steps", "val_every"))]
+    overrides = [*steps, "trainer.max_steps=9", "val_every_n_optimizer_steps=9"]
+    crash = ["+callbacks.crash._target_=tests.test_resume.CrashAt"]
+    cfg = train_config(*overrides, *crash, "+callbacks.crash.at_step=7")
+    with pytest.raises(RuntimeError, match="crash at step 7"):
+        train(cfg)
+    point = find_resume_point(cfg.paths.output_dir, "auto")
+    assert Path(point.checkpoint).name == "latest.ckpt" and point.mlflow_run_id is not None
+    train(train_config(*overrides, *crash, "+callbacks.crash.at_step=99"))
+    runs, metrics = histories(tmp_path)
+    assert len(runs) == 1 and runs[0].info.run_id == point.mlflow_run_id
+    assert [s for s, _ in metrics["train/loss"]] == list(range(9))
+    assert find_resume_point(cfg.paths.output_dir, "auto").checkpoint is None  # finished: not resumed again
+
+
+def test_the_same_command_finds_its_unfinished_run_folder_and_a_finished_one_starts_anew(tmp_path):
+    first = run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto")
+    Path(first).mkdir()
+    assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") == first
+    assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.2", None, "auto") != first
+    assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "never") != first
+    assert Path(run_dir(str(tmp_path), "", "my-run", "auto")).name.endswith("_my-run")
+    (Path(first) / FINISHED_FILE).write_text("")
+    assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") != first

@@ -1,0 +1,207 @@
+"""Hydra multirun as the user runs it (a subprocess), one MLflow run per job, and the comparison of a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from broadclass.data.manifest import read_manifest, write_manifest
+from broadclass.prepare import prepare_sets
+from broadclass.tracking import compare
+from tests.conftest import TEST_MODEL, compose_config
+
+DEMO_CATEGORIES = (
+    "data.categories=[{name: male, tag: m}, {name: female, tag: f}, {name: whisper, tag: w}, {name: creaky, tag: c}]"
+)
+# Two optimizer steps of the test model, each validated; no figures, no export (the tests read metrics).
+SHORT = [
+    *TEST_MODEL,
+    "trainer.max_steps=2",
+    "val_every_n_optimizer_steps=1",
+    "model.warmup_steps=1",
+    "test_after_fit=false",
+    "callbacks.export_model.enabled=false",
+    "trainer.enable_progress_bar=false",
+    "+callbacks.report.figures=false",
+    "+callbacks.report.console=false",
+]
+
+
+def multirun(root: Path, *overrides: str) -> Path:
+    """``python -m broadclass.train -m ...`` with everything under ``root``; returns the sweep folder it printed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "broadclass.train", "-m", f"paths.root_dir={root}", *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    output = result.stdout.splitlines() + result.stderr.splitlines()
+    printed = next(line for line in output if "sweep output dir" in line)  # once per batch of jobs
+    return Path(printed.rsplit(":", 1)[1].strip())
+
+
+def runs_of(root: Path, experiment: str) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["tags.`sweep/job`"])
+
+
+_SET_SWEEP: dict[str, tuple[Path, Path]] = {}
+
+
+@pytest.fixture(scope="session")
+def set_sweep(tmp_path_factory, demo_corpus) -> tuple[Path, Path]:
+    """The reference recipe on 2 sets of 32 demo utterances, with the test model, as 2 parallel jobs.
+
+    Returns the project root and the sweep folder Hydra printed. test_notebook.py reads the same store;
+    the module-level cache makes one sweep serve both modules (the costly part: ~45 s of CPU).
+    """
+    if "sweep" in _SET_SWEEP:
+        return _SET_SWEEP["sweep"]
+    root = tmp_path_factory.mktemp("set-sweep")
+    rows = read_manifest(demo_corpus["train"])[:32]  # 8 per category, several speakers each
+    write_manifest(
+        root / "corpus.jsonl", [{k: r[k] for k in ("audio_filepath", "phones", "category", "speaker")} for r in rows]
+    )
+    prepare_sets(root / "corpus.jsonl", root / "sets", n_sets=2)
+    sweep = multirun(
+        root,
+        "+experiment=onSet1,onSet2",
+        "model=tiny",
+        "model.pretrained=null",
+        "trainer=cpu",
+        f"paths.sets_dir={root / 'sets'}",
+        DEMO_CATEGORIES,
+        "data.num_workers=0",
+        *SHORT,
+        "hydra/launcher=local",  # joblib, 2 processes
+    )
+    _SET_SWEEP["sweep"] = (root, sweep)
+    return root, sweep
+
+
+def test_every_job_of_a_parallel_sweep_is_one_mlflow_run_tagged_with_the_sweep(set_sweep):
+    root, sweep = set_sweep
+    runs = runs_of(root, "seed-recipe")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert [r.data.tags["sweep/job"] for r in runs] == ["0", "1"]
+    # Same sweep id for both jobs (the folder's timestamp), although the jobs' experiment name differs
+    # from the one the sweep folder Hydra printed was named with.
+    assert {r.data.tags["sweep/id"] for r in runs} == {sweep.name}
+    assert [r.data.params["data/prepare/set_name"] for r in runs] == ["set1", "set2"]
+    assert ["+experiment=onSet1" in r.data.tags["hydra/overrides"] for r in runs] == [True, False]
+    assert [r.info.run_name for r in runs] == ["model_broadclass_onSet1", "model_broadclass_onSet2"]
+
+
+def test_compare_aggregates_the_sets_into_mean_and_std(set_sweep, tmp_path, capsys):
+    root, sweep = set_sweep
+    args = argparse.Namespace(compare=str(sweep), tracking_uri=None, out=tmp_path / "cmp")
+    assert compare.main(args) == 0
+    runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
+    aggregate = pd.read_csv(tmp_path / "cmp" / "aggregate.csv")
+    assert list(runs["set"]) == ["set1", "set2"] and list(runs["+experiment"]) == ["onSet1", "onSet2"]
+    # One configuration (onSet*) over both sets; the mean and std are those of the runs' best values.
+    assert len(aggregate) == 1 and aggregate.loc[0, "n"] == 2 and aggregate.loc[0, "sets"] == "set1 set2"
+    best = list(runs["val/macro_avg/f1 best"])
+    assert aggregate.loc[0, "val/macro_avg/f1 best mean"] == pytest.approx(statistics.fmean(best))
+    assert aggregate.loc[0, "val/macro_avg/f1 best std"] == pytest.approx(statistics.stdev(best))
+    markdown = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| +experiment=onSet* | 2 | set1 set2 |" in markdown and " ± " in markdown
+    assert markdown in capsys.readouterr().out
+
+
+def test_compare_by_experiment_name_or_sweep_id_finds_the_same_runs(set_sweep, tmp_path):
+    root, sweep = set_sweep
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    ids = [list(compare.compare(t, uri)["runs"]["run_id"]) for t in ("seed-recipe", sweep.name, str(sweep))]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == 2
+
+
+def test_compare_of_nothing_names_what_it_looked_for_and_the_experiments(set_sweep, tmp_path, capsys):
+    root, _ = set_sweep
+    args = argparse.Namespace(compare="no-such-run", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out=tmp_path)
+    assert compare.main(args) == 2
+    error = capsys.readouterr().err
+    assert "no runs found for 'no-such-run'" in error and "experiments there: Default, seed-recipe" in error
+
+
+def test_overrides_with_spaces_in_values_are_parsed_whole():
+    text = "+experiment=onSet1 data.categories=[{name: a, tag: a}, {name: b, tag: b}] model.lr=0.001"
+    assert compare.parse_overrides(text) == {
+        "+experiment": "onSet1",
+        "data.categories": "[{name: a, tag: a}, {name: b, tag: b}]",
+        "model.lr": "0.001",
+    }
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_optuna_search_optimises_the_monitored_metric_in_its_direction(tmp_path, mode):
+    cfg = compose_config(tmp_path, ["+experiment=demo", "+hparams_search=demo_optuna", f"monitor.mode={mode}"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == f"{mode}imize"
+    assert set(sweeper.params) == {"model.lr", "model.warmup_steps"}
+
+
+def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    cfg = compose_config(tmp_path, ["+experiment=onSet1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.partition) == (1, "gpu")
+
+
+@pytest.mark.slow
+def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_path, demo_corpus):
+    sweep = multirun(
+        tmp_path,
+        "+experiment=demo",
+        "model.lr=1e-3,2e-3",
+        "model.warmup_steps=2,5",
+        f"data.train_manifest={demo_corpus['train']}",
+        f"data.val_manifest={demo_corpus['validation']}",
+        "data.prepare=null",
+        *SHORT,
+        "hydra/launcher=local",
+    )
+    result = compare.compare(str(sweep), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = result["runs"]
+    assert sorted(zip(runs["model.lr"], runs["model.warmup_steps"], strict=True)) == [
+        ("0.001", "2"),
+        ("0.001", "5"),
+        ("0.002", "2"),
+        ("0.002", "5"),
+    ]
+    assert (runs["status"] == "FINISHED").all() and runs["val/macro_avg/f1 best"].notna().all()
+
+
+@pytest.mark.slow
+def test_optuna_sweep_reports_the_best_of_the_values_train_returned(tmp_path, demo_corpus):
+    sweep = multirun(
+        tmp_path,
+        "+experiment=demo",
+        "+hparams_search=demo_optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.train_manifest={demo_corpus['train']}",
+        f"data.val_manifest={demo_corpus['validation']}",
+        "data.prepare=null",
+        *SHORT,
+    )
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_of(tmp_path, "demo")
+    assert len(runs) == 2
+    # train() returns the best monitored value of its run, which Optuna maximises over the trials.
+    run_best = [max(m.value for m in client.get_metric_history(r.info.run_id, "val/macro_avg/f1")) for r in runs]
+    assert best == pytest.approx(max(run_best))
