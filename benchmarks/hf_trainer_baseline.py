@@ -46,12 +46,12 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import broadclass.config  # noqa: F401  (registers the resolvers our config uses)
+from benchmarks.probe import Record
 from broadclass.data.audio import AudioCache
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
 from broadclass.model.decoding import vote
 from broadclass.model.encoder import build_network
-from benchmarks.probe import Record
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "broadclass" / "conf"
 PRECISION_FLAGS = {"16-mixed": {"fp16": True}, "bf16-mixed": {"bf16": True}, "32-true": {}, "32": {}}
@@ -157,7 +157,11 @@ def metrics_fn(tokenizer: Wav2Vec2CTCTokenizer, labels: LabelMap):
         truth = vote([[t for t in row if t != pad] for row in label_ids.tolist()], token_category, num_categories)
         guess = vote(collapsed, token_category, num_categories)
         report = classification_report(truth.numpy(), guess.numpy(), output_dict=True, zero_division=0)
-        return {"wer": jiwer.wer(refs, hyps), "accuracy": report["accuracy"], "macro_f1": report["macro avg"]["f1-score"]}
+        return {
+            "wer": jiwer.wer(refs, hyps),
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro avg"]["f1-score"],
+        }
 
     return compute
 

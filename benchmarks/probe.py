@@ -45,6 +45,9 @@ class Record:
     step_audio_s: list[float] = field(default_factory=list)
     validations: list[dict[str, float]] = field(default_factory=list)
     peak_rss_mb: float = float("nan")
+    # Peak so far at the end of the last step and at the end of the last validation: where the peak arose.
+    peak_rss_mb_training: float = float("nan")
+    peak_rss_mb_validation: float = float("nan")
     peak_gpu_mb: float | None = None
     device: str = ""
     _pending_audio_s: float = 0.0
@@ -65,6 +68,8 @@ class Record:
             synchronize()
         self.step_end.append(time.time())
         self.step_cpu.append(time.process_time())
+        if len(self.step_end) == self.steps:
+            self.peak_rss_mb_training = peak_rss_mb()
         self.step_audio_s.append(self._pending_audio_s)
         self._pending_audio_s = 0.0
 
@@ -88,6 +93,7 @@ class Record:
                 "after_step": len(self.step_end),
             }
         )
+        self.peak_rss_mb_validation = peak_rss_mb()
 
     def end_fit(self, out: str | Path) -> None:
         synchronize()

@@ -79,6 +79,8 @@ FIGURES = [
     ("train_cpu_s_per_step", "CPU time per optimizer step (s, all threads)", False, None),
     ("val_cpu_s_per_100_utts", "validation CPU time per 100 utterances (s)", False, None),
     ("peak_rss_mb", "peak RSS (MiB)", False, 1.0),
+    ("peak_rss_mb_training", "peak RSS by the end of the last step (MiB)", False, None),
+    ("peak_rss_mb_validation", "peak RSS by the end of validation (MiB)", False, None),
     ("peak_gpu_mb", "peak CUDA memory allocated (MiB)", False, None),
     ("startup_s", "process start to fit start (s)", False, None),
     ("fit_s", "fit wall time, all steps + validation (s)", False, None),
@@ -180,6 +182,8 @@ def figures(run: dict) -> dict[str, float | None]:
         "train_cpu_s_per_step": train_cpu_s / (steps - warmup),
         "val_cpu_s_per_100_utts": last_val["cpu_s"] / last_val["utterances"] * 100,
         "peak_rss_mb": rec["peak_rss_mb"],
+        "peak_rss_mb_training": rec["peak_rss_mb_training"],
+        "peak_rss_mb_validation": rec["peak_rss_mb_validation"],
         "peak_gpu_mb": rec["peak_gpu_mb"],
         "startup_s": rec["fit_start"] - run["launch"],
         "fit_s": rec["fit_end"] - rec["fit_start"],
@@ -219,7 +223,11 @@ def train_flops_per_audio_second(overrides: Sequence[str], seconds: float, batch
     cfg = compose_config(overrides)
     labels = LabelMap.from_config(cfg.data.labels, cfg.data.categories)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = build_network(len(labels.tokens), cfg.model.pretrained, OmegaConf.to_container(cfg.model.config)).to(device).eval()
+    net = (
+        build_network(len(labels.tokens), cfg.model.pretrained, OmegaConf.to_container(cfg.model.config))
+        .to(device)
+        .eval()
+    )
     if cfg.model.freeze_feature_encoder:
         net.freeze_feature_encoder()
     samples = int(seconds * cfg.data.sample_rate)
@@ -236,12 +244,16 @@ def peak_tflops(device: str, given: float | None) -> float | None:
 
 
 def machine() -> dict:
+    import pytorch_lightning
     import torch
     import transformers
-    import pytorch_lightning
 
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     return {
@@ -280,7 +292,13 @@ def profile(args: argparse.Namespace, shared: list[str], work: Path) -> None:
 
 
 def fmt(value: float, key: str) -> str:
-    return f"{value:.3f}" if key.startswith("train_") and "per_step" in key else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    return (
+        f"{value:.3f}"
+        if key.startswith("train_") and "per_step" in key
+        else f"{value:.1f}"
+        if value >= 10
+        else f"{value:.2f}"
+    )
 
 
 def table(summary: dict[str, dict]) -> str:
@@ -292,19 +310,24 @@ def table(summary: dict[str, dict]) -> str:
         if key not in summary:
             continue
         row = summary[key]
-        cells = [f"{fmt(row[s]['median'], key)} [{fmt(row[s]['min'], key)}–{fmt(row[s]['max'], key)}]" for s in ("ours", "theirs")]
-        ratio = row["ratio"]
-        goal = "" if target is None else f"{'≥' if higher else '≤'} {target:.2f}"
-        met = "" if target is None else (" ✓" if (ratio["median"] >= target if higher else ratio["median"] <= target) else " ✗")
-        lines.append(
-            f"| {label} | {cells[0]} | {cells[1]} | {ratio['median']:.2f} [{ratio['min']:.2f}–{ratio['max']:.2f}] | {goal}{met} |"
-        )
+        cells = [
+            f"{fmt(row[side]['median'], key)} [{fmt(row[side]['min'], key)}–{fmt(row[side]['max'], key)}]"
+            for side in ("ours", "theirs")
+        ]
+        cells.append(f"{row['ratio']['median']:.2f} [{row['ratio']['min']:.2f}–{row['ratio']['max']:.2f}]")
+        goal = ""
+        if target is not None:
+            met = row["ratio"]["median"] >= target if higher else row["ratio"]["median"] <= target
+            goal = f"{'≥' if higher else '≤'} {target:.2f} {'✓' if met else '✗'}"
+        lines.append(f"| {label} | {' | '.join(cells)} | {goal} |")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(PRESETS), default="tiny", help="tiny (the demo's) or xlsr53 (random weights)")
+    parser.add_argument(
+        "--model", choices=sorted(PRESETS), default="tiny", help="tiny (the demo's) or xlsr53 (random weights)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run; validation runs at the last")
     parser.add_argument(
         "--warmup",
@@ -329,9 +352,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--systems", default="ours,theirs", help=argparse.SUPPRESS)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON (default experiments/throughput/<model>-<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="result JSON (default experiments/throughput/<model>-<device>.json)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="folder for logs, checkpoints, MLflow stores")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both systems (after --), e.g. data=manifest ...")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for both systems (after --), e.g. data=manifest ..."
+    )
     args = parser.parse_args(argv)
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
@@ -341,7 +368,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = (args.work or ROOT / "outputs" / "bench" / stamp).resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = [*PRESETS[args.model], *args.overrides]
-    shared = [*base, *prepare_data(base), f"trainer.max_steps={args.steps}", f"val_every_n_optimizer_steps={args.steps}"]
+    shared = [
+        *base,
+        *prepare_data(base),
+        f"trainer.max_steps={args.steps}",
+        f"val_every_n_optimizer_steps={args.steps}",
+    ]
     info = machine()
     if args.profile:
         profile(args, shared, work)
@@ -388,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "train_flops_per_audio_s": per_audio_s,
             "peak_tflops": peak,
             **{
-                system: (summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None)
+                system: (
+                    summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None
+                )
                 for system in ("ours", "theirs")
             },
         }

@@ -32,6 +32,8 @@ RESUME_MODES = ("auto", "never")
 RUN_FILE = "mlflow_run.json"
 FINISHED_FILE = "FINISHED"
 CHECKPOINT_DIR = "checkpoints"
+TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
+TIME_LENGTH = len("2026-01-31_23-59-59")
 
 
 def run_key(overrides: str, run_name: str | None) -> str:
@@ -43,10 +45,10 @@ def run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> s
     """The newest unfinished ``<parent>/<time>_<key>`` with ``resume=auto``; otherwise a new one."""
     key = run_key(overrides, run_name)
     if resume == "auto":
-        earlier = sorted(Path(parent).glob(f"*_{key}"))
+        earlier = sorted(p for p in Path(parent).glob(f"*_{key}") if p.name[TIME_LENGTH + 1 :] == key)
         if earlier and not (earlier[-1] / FINISHED_FILE).exists():
             return str(earlier[-1])
-    while Path(new := f"{parent}/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{key}").exists():
+    while Path(new := f"{parent}/{time.strftime(TIME_FORMAT)}_{key}").exists():
         time.sleep(0.1)  # names carry the time to the second; never reuse a folder
     return new
 

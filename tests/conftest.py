@@ -51,13 +51,6 @@ def compose_config(root: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def _no_tracking_uri_left_by_an_earlier_test(monkeypatch):
-    # Lightning's MLFlowLogger calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI to the
-    # whole process: without this, the next test's config would log into the previous test's store.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> dict[str, Path]:
     """A small voice-type corpus shared by the tests that train (24 + 8 utterances per category set)."""

@@ -136,6 +136,7 @@ class Outage(pl.Callback):
             Outage.server.start()
 
 
+@pytest.mark.slow  # two server restarts: ~40-80 s
 def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monkeypatch):
     # Down at step 2 (through the validation at 5), back at 6; down again at 9 until after training.
     Outage.server = server

@@ -16,6 +16,7 @@ import mlflow
 import pytest
 import pytorch_lightning as pl
 
+from broadclass.data.datamodule import LengthBucketBatchSampler
 from broadclass.resume import FINISHED_FILE, find_resume_point, run_dir
 from broadclass.train import train
 from tests.conftest import TEST_MODEL
@@ -165,6 +166,30 @@ def test_the_same_command_finds_its_unfinished_run_folder_and_a_finished_one_sta
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") == first
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.2", None, "auto") != first
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "never") != first
-    assert Path(run_dir(str(tmp_path), "", "my-run", "auto")).name.endswith("_my-run")
+    named = run_dir(str(tmp_path), "", "run", "auto")
+    assert named.endswith("_run")
+    Path(named).mkdir()
+    (tmp_path / "2099-01-01_00-00-00_long_run").mkdir()  # newer, and also ending in _run: not this run's
+    assert run_dir(str(tmp_path), "", "run", "auto") == named
     (Path(first) / FINISHED_FILE).write_text("")
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") != first
+
+
+def test_the_train_sampler_goes_on_after_the_batches_already_trained():
+    durations = [1.0 + (i * 7) % 11 for i in range(40)]
+
+    def sampler() -> LengthBucketBatchSampler:
+        return LengthBucketBatchSampler(durations, 4, seed=1)
+
+    uninterrupted = sampler()
+    uninterrupted.set_epoch(2)
+    epoch_2 = list(uninterrupted)
+    resumed = sampler()
+    resumed.resume(2, 3)  # a checkpoint after 3 batches of epoch 2
+    resumed.set_epoch(2)  # Lightning sets the epoch again before iterating
+    assert list(resumed) == epoch_2[3:]
+    assert list(resumed) == epoch_2  # only the first pass of the epoch skips
+    finished = sampler()
+    finished.resume(2, len(epoch_2))  # saved after the epoch's last batch: the next epoch, whole
+    uninterrupted.set_epoch(3)
+    assert finished.epoch == 3 and list(finished) == list(uninterrupted)

@@ -203,7 +203,9 @@ class BroadClassDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if padded_lengths_per_octave < 0 or padded_lengths_per_octave & (padded_lengths_per_octave - 1):
-            raise ValueError(f"data.padded_lengths_per_octave must be 0 or a power of two, got {padded_lengths_per_octave}")
+            raise ValueError(
+                f"data.padded_lengths_per_octave must be 0 or a power of two, got {padded_lengths_per_octave}"
+            )
         self.label_map = LabelMap.from_config(labels, categories)
         self.manifests = {"train": train_manifest, "validation": val_manifest, "test": test_manifest}
         self.prepare = prepare

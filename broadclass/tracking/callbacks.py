@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
@@ -30,11 +34,18 @@ def report_table(last: dict) -> Table:
 
 
 class ValidationReport(pl.Callback):
-    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png, predictions.jsonl}`` to MLflow."""
+    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png, predictions.jsonl}`` to MLflow.
+
+    A validation's files are written by a background thread while training goes on (~0.3 s, most of
+    it the figure); the next validation and the end of training wait for it and raise what it raised.
+    A test's files are written before ``on_test_end`` returns: the model card reads them.
+    """
 
     def __init__(self, figures: bool = True, console: bool = True):
         self.figures = figures
         self.console = Console() if console else None
+        self._writer: ThreadPoolExecutor | None = None  # made on first use
+        self._pending: Future | None = None
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last = getattr(pl_module, "last_report", None)
@@ -50,8 +61,22 @@ class ValidationReport(pl.Callback):
         logger = mlflow_logger(trainer.loggers)
         if logger is None:
             return
+        self.wait()
+        write = partial(self._write, logger.experiment, logger.run_id, last)
+        if last["stage"] == "test":
+            write()
+            return
+        self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation-report")
+        self._pending = self._writer.submit(write)
+
+    def wait(self) -> None:
+        """Until the last validation's files are written."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, client: Any, run_id: str, last: dict) -> None:
         folder = f"{last['stage']}/step_{last['step']:06d}"
-        client, run_id = logger.experiment, logger.run_id
         summary = {k: v for k, v in last.items() if k != "predictions"}
         client.log_text(run_id, json.dumps(summary, indent=2), f"{folder}/report.json")
         client.log_text(
@@ -74,3 +99,14 @@ class ValidationReport(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before any on_fit_end (the model export reads the run's reports), whatever the callback order.
+        self.wait()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Also reached when the run failed: a failed write is reported here, not raised over that error.
+        try:
+            self.wait()
+        except Exception as err:  # any error of MLflow or matplotlib
+            rank_zero_warn(f"the last validation report was not fully logged to MLflow: {err!r}")

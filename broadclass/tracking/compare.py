@@ -219,7 +219,7 @@ def aggregate_table(rows: Sequence[dict], over: Iterable[str] = (), shared: Iter
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (not isinstance(value, str) and pd.isna(value)):  # None, NaN and pandas' NA
         return ""
     if isinstance(value, float):
         return f"{value:.3f}"

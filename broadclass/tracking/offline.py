@@ -1,9 +1,10 @@
 """MLflow logging that outlives a stopped tracking server and a resumed run's repeated steps.
 
-:class:`BufferedMLFlowLogger` is Lightning's ``MLFlowLogger`` with three additions:
+:func:`check_tracking_server` probes a server URI (``http://…``) once, without retries; ``train``
+calls it before anything else, so an unreachable server stops a run in seconds.
 
-* **Fail fast.** :func:`check_tracking_server` probes a server URI (``http://…``) once, without
-  retries; ``train`` calls it first, so an unreachable server stops a run in seconds.
+:class:`BufferedMLFlowLogger` is Lightning's ``MLFlowLogger`` with two additions:
+
 * **Keep going when the server goes away.** Every write (metrics, params, tags, artifacts, the final
   status) goes to the server as before; when one fails because the server cannot be reached, it and
   every later write are kept on disk, in order, in ``spool_dir`` (``journal.jsonl`` and ``files/``),
@@ -79,10 +80,11 @@ def check_tracking_server(uri: str) -> None:
 class Spool:
     """Writes waiting for the server, in order, on disk; ``send`` is the function that performs one."""
 
-    def __init__(self, folder: str | Path, send: Callable[[dict], None], retry_interval_s: float = 30.0):
+    def __init__(self, folder: str | Path, send: Callable[[dict], None], retry_interval_s: float = 30.0, **about: str):
         self.folder = Path(folder)
         self.send = send
         self.retry_interval_s = retry_interval_s
+        self.about = about  # written beside the journal (run.json): where the records go
         self.pending: list[dict] = []
         self._next_retry = 0.0
         self._seq = 0
@@ -93,11 +95,9 @@ class Spool:
             self.pending = [r for r in records if r["seq"] > sent]
             self._seq = max((r["seq"] for r in records), default=0)
 
-    def add(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
-        """Send ``record`` now if nothing waits before it, else (or if that fails) keep it on disk.
-
-        ``files`` writes the record's artifact files into the folder it is given.
-        """
+    def keep(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
+        """Keep ``record`` on disk after those waiting; ``files`` writes its artifact files into a folder."""
+        just_failed = not self.pending
         self._seq += 1
         record = {"seq": self._seq, **record}
         if files is not None:
@@ -105,20 +105,16 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
             files(folder)
             record["local"] = str(folder.relative_to(self.folder))
-        if not self.pending:
-            try:
-                self.send(self._resolved(record))
-            except ConnectionError:
-                self._next_retry = time.monotonic() + self.retry_interval_s
-            else:
-                if files is not None:
-                    shutil.rmtree(folder)
-                return
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.about and not (self.folder / RUN_FILE).is_file():
+            (self.folder / RUN_FILE).write_text(json.dumps(self.about))
         with (self.folder / JOURNAL).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         self.pending.append(record)
-        self.drain()
+        if just_failed:  # its first send failed a moment ago
+            self._next_retry = time.monotonic() + self.retry_interval_s
+        else:
+            self.drain()
 
     def drain(self, force: bool = False) -> bool:
         """Send what is pending, in order, until a send fails; True when nothing is left."""
@@ -176,22 +172,29 @@ def send_record(client: MlflowClient, record: dict) -> None:
         raise ValueError(f"unknown spooled operation {op!r}")
 
 
-def sender(client: MlflowClient, uri: str) -> Callable[[dict], None]:
-    """``send_record`` raising ConnectionError when the write did not reach the server (retry it later).
+def unreachable(err: Exception, uri: str) -> bool:
+    """Whether a failed write never reached the server ``uri`` (worth sending again later).
 
-    A server's own answer to a bad write (RestException: it parsed the request and refused it) is raised
-    as it is; so is any failure of a store that is not a server (SQLite).
+    A server's own answer to a bad write (RestException: it parsed the request and refused it) is not;
+    nor is any failure of a store that is not a server (SQLite).
     """
+    return (
+        is_server(uri)
+        and isinstance(err, MlflowException | requests.RequestException)
+        and not isinstance(err, RestException)
+    )
+
+
+def sender(client: MlflowClient, uri: str) -> Callable[[dict], None]:
+    """``send_record`` raising ConnectionError when the server could not be reached."""
 
     def send(record: dict) -> None:
         try:
             send_record(client, record)
-        except RestException:
+        except Exception as err:
+            if unreachable(err, uri):
+                raise ConnectionError(f"{type(err).__name__}: {err}") from err
             raise
-        except (MlflowException, requests.RequestException) as err:
-            if not is_server(uri):
-                raise
-            raise ConnectionError(f"{type(err).__name__}: {err}") from err
 
     return send
 
@@ -207,35 +210,41 @@ class SpoolingClient:
         self._client = client
         self._uri = uri
         self.logged = logged
-        self.spool = Spool(spool_dir, sender(client, uri), retry_interval_s)
+        self.spool = Spool(spool_dir, sender(client, uri), retry_interval_s, tracking_uri=uri)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def _write(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
-        was_online = not self.spool.pending
-        self.spool.add(record, files)
-        if was_online and self.spool.pending:
-            log.warning(
-                "MLflow server %s unreachable: training goes on, logs are kept in %s and sent when it answers",
-                self._uri,
-                self.spool.folder,
-            )
+    def _write(self, record: dict, send: Callable[[], Any], files: Callable[[Path], None] | None = None) -> None:
+        """``send`` it now when nothing waits before it; keep ``record`` (and ``files``) if it cannot be."""
+        if not self.spool.pending:
+            try:
+                send()
+                return
+            except Exception as err:
+                if not unreachable(err, self._uri):
+                    raise
+                log.warning(
+                    "MLflow server %s unreachable (%s): training goes on, logs are kept in %s and sent when it answers",
+                    self._uri,
+                    type(err).__name__,
+                    self.spool.folder,
+                )
+        self.spool.keep(record, files)
 
     # ---- writes --------------------------------------------------------------------------------
     def log_batch(self, run_id: str, metrics=(), params=(), tags=(), synchronous: bool | None = None) -> None:
         fresh = [m for m in metrics if (m.key, m.step) not in self.logged]
         self.logged.update((m.key, m.step) for m in fresh)
         if fresh or params or tags:
-            self._write(
-                {
-                    "run_id": run_id,
-                    "op": "batch",
-                    "metrics": [[m.key, m.value, m.timestamp, m.step] for m in fresh],
-                    "params": [[p.key, p.value] for p in params],
-                    "tags": [[t.key, t.value] for t in tags],
-                }
-            )
+            record = {
+                "run_id": run_id,
+                "op": "batch",
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in fresh],
+                "params": [[p.key, p.value] for p in params],
+                "tags": [[t.key, t.value] for t in tags],
+            }
+            self._write(record, lambda: self._client.log_batch(run_id, metrics=fresh, params=params, tags=tags))
 
     def log_metric(self, run_id: str, key: str, value: float, timestamp=None, step=None, **_: Any) -> None:
         self.log_batch(run_id, metrics=[Metric(key, value, timestamp or int(time.time() * 1000), step or 0)])
@@ -247,27 +256,45 @@ class SpoolingClient:
         self.log_batch(run_id, tags=[RunTag(key, str(value))])
 
     def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
-        record = {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path}
-        self._write(record, lambda folder: shutil.copytree(local_dir, folder, dirs_exist_ok=True))
+        self._write(
+            {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path},
+            lambda: self._client.log_artifacts(run_id, local_dir, artifact_path),
+            lambda folder: shutil.copytree(local_dir, folder, dirs_exist_ok=True),
+        )
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        record = {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path}
-        self._write(record, lambda folder: shutil.copy(local_path, folder))
+        self._write(
+            {"run_id": run_id, "op": "artifacts", "artifact_path": artifact_path},
+            lambda: self._client.log_artifact(run_id, local_path, artifact_path),
+            lambda folder: shutil.copy(local_path, folder),
+        )
 
-    def _log_file(self, run_id: str, artifact_file: str, write: Callable[[Path], None]) -> None:
-        parent = os.path.dirname(artifact_file) or None
-        name = os.path.basename(artifact_file)
-        self._write({"run_id": run_id, "op": "artifacts", "artifact_path": parent}, lambda folder: write(folder / name))
+    def _log_file(self, run_id: str, artifact_file: str, send: Callable[[], Any], write: Callable[[Path], Any]) -> None:
+        record = {"run_id": run_id, "op": "artifacts", "artifact_path": os.path.dirname(artifact_file) or None}
+        self._write(record, send, lambda folder: write(folder / os.path.basename(artifact_file)))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._log_file(run_id, artifact_file, lambda path: path.write_text(text, encoding="utf-8"))
+        self._log_file(
+            run_id,
+            artifact_file,
+            lambda: self._client.log_text(run_id, text, artifact_file),
+            lambda path: path.write_text(text, encoding="utf-8"),
+        )
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str, *, save_kwargs: dict | None = None) -> None:
-        self._log_file(run_id, artifact_file, lambda path: figure.savefig(path, **(save_kwargs or {})))
+        self._log_file(
+            run_id,
+            artifact_file,
+            lambda: self._client.log_figure(run_id, figure, artifact_file, save_kwargs=save_kwargs),
+            lambda path: figure.savefig(path, **(save_kwargs or {})),
+        )
 
     def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
         end = end_time or int(time.time() * 1000)
-        self._write({"run_id": run_id, "op": "terminated", "status": status or "FINISHED", "end_time": end})
+        self._write(
+            {"run_id": run_id, "op": "terminated", "status": status or "FINISHED", "end_time": end},
+            lambda: self._client.set_terminated(run_id, status or "FINISHED", end),
+        )
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
@@ -297,14 +324,19 @@ class BufferedMLFlowLogger(MLFlowLogger):
         if self._initialized:
             return self._mlflow_client
         resuming = self._run_id is not None
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
         client = super().experiment
+        # Lightning calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI to the whole process:
+        # a config composed later in it (a notebook, the next test) would log into this store.
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
         logged = self._logged_steps(client) if resuming else set()
         spooling = SpoolingClient(client, self._tracking_uri, self.spool_dir, self.retry_interval_s, logged)
         # What an interrupted session left in the spool goes first, and counts as logged.
         for record in spooling.spool.pending:
             logged.update((m[0], m[3]) for m in record.get("metrics", []))
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        (self.spool_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": self._tracking_uri, "run_id": self._run_id}))
         if resuming:
             client.update_run(self._run_id, status="RUNNING")
         spooling.spool.drain(force=True)

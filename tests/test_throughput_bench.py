@@ -1,0 +1,78 @@
+"""The throughput benchmark (benchmarks/throughput.py): its arithmetic, and one short run of both systems."""
+
+import json
+
+import pytest
+
+from benchmarks.throughput import figures, main, summarize
+from tests.conftest import TEST_MODEL
+
+
+def run(system: str, rep: int, step_seconds: float, val_seconds: float) -> dict:
+    """A record of 4 steps of 10 audio-seconds each, validating 50 utterances after step 2."""
+    ends = [100 + step_seconds * k for k in (1, 2)]
+    ends += [ends[-1] + val_seconds + step_seconds * k for k in (1, 2)]
+    cpu = [0.5 * k for k in range(1, 5)]
+    validation = {"start": ends[1], "end": ends[1] + val_seconds, "utterances": 50, "cpu_s": 0.25}
+    record = {
+        "warmup_steps": 1,
+        "steps": 4,
+        "fit_start": 99.0,
+        "fit_end": ends[-1] + 1,
+        "step_end": ends,
+        "step_cpu": cpu,
+        "step_audio_s": [10.0] * 4,
+        "validations": [validation],
+        "peak_rss_mb": 100.0,
+        "peak_rss_mb_training": 90.0,
+        "peak_rss_mb_validation": 95.0,
+        "peak_gpu_mb": None,
+    }
+    return {"system": system, "rep": rep, "launch": 90.0, "record": record}
+
+
+def test_throughput_window_leaves_out_warm_up_steps_and_validation_time():
+    f = figures(run("ours", 0, step_seconds=2.0, val_seconds=5.0))
+    # Steps 2..4 (3 steps, 30 audio-s) took 3 x 2 s of training; the 5 s validation in between is not training.
+    assert f["train_s_per_step"] == pytest.approx(2.0)
+    assert f["train_audio_s_per_s"] == pytest.approx(5.0)
+    assert f["val_s_per_100_utts"] == pytest.approx(10.0)
+    assert f["train_cpu_s_per_step"] == pytest.approx((1.5 - 0.25) / 3)
+    assert f["startup_s"] == pytest.approx(9.0)
+
+
+def test_ratio_is_the_median_of_each_repetitions_ours_over_theirs():
+    # Pairing by repetition: a slow repetition (machine busy) slows both systems of that repetition.
+    runs = [
+        run("ours", 0, 1.0, 1.0),
+        run("theirs", 0, 2.0, 1.0),
+        run("ours", 1, 4.0, 1.0),
+        run("theirs", 1, 8.0, 1.0),
+        run("ours", 2, 3.0, 1.0),
+        run("theirs", 2, 3.0, 1.0),
+    ]
+    for r in runs:
+        r["figures"] = figures(r)
+    summary = summarize(runs)
+    assert summary["train_s_per_step"]["ratio"]["median"] == pytest.approx(0.5)
+    assert summary["train_s_per_step"]["ratio"]["max"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_corpus):
+    pytest.importorskip("accelerate", reason="the HF Trainer baseline needs the bench extra")
+    out = tmp_path / "result.json"
+    overrides = [
+        f"paths.root_dir={tmp_path}",
+        f"data.train_manifest={demo_corpus['train']}",
+        f"data.val_manifest={demo_corpus['validation']}",
+        *TEST_MODEL,
+    ]
+    main(["--steps=3", "--warmup=1", "--reps=1", f"--out={out}", f"--work={tmp_path / 'work'}", "--", *overrides])
+    result = json.loads(out.read_text())
+    assert {run["system"] for run in result["runs"]} == {"ours", "theirs"}
+    # Both trained the asked-for steps and validated the whole validation set.
+    for r in result["runs"]:
+        assert len(r["record"]["step_end"]) == 3
+        assert r["record"]["validations"][0]["utterances"] == 16
+    assert result["summary"]["train_audio_s_per_s"]["ratio"]["median"] > 0
