@@ -89,8 +89,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # The card downloads a few small JSON artifacts; a progress bar for each would clutter the output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.compare is not None:
         # Imported here: the comparison is its own module and pulls in what only it (pandas) needs. It
         # finds its own default store (the mlflow.db above a sweep folder), so tracking_uri may be None.

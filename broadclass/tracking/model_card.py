@@ -10,6 +10,7 @@ artifact ``model_card.md`` when fit (and the test after it) ends.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -321,6 +322,8 @@ SUMMARY = (
 
 def build_card(client: MlflowClient, run_id: str) -> str:
     """The model card of run ``run_id`` as Markdown."""
+    # The card downloads a few small JSON artifacts: a progress bar for each would clutter the training log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     record = RunRecord.load(client, run_id)
     # (title, artifact folder, report.json) of the best validation and of the test, where logged.
     evaluations: list[tuple[str, str, dict[str, Any]]] = []
