@@ -87,7 +87,7 @@ class DataSchema:
     sample_rate: int = 16000
     cache_dir: Any = None
     seed: int = 0
-    bucket_jitter: float = 0.1
+    bucket_jitter: float = 0.02
     padded_lengths_per_octave: int = 16
     on_error: str = "raise"
     allow_speaker_overlap: bool = False

@@ -196,7 +196,7 @@ class BroadClassDataModule(pl.LightningDataModule):
         sample_rate: int = 16_000,
         cache_dir: str | None = None,
         seed: int = 0,
-        bucket_jitter: float = 0.1,
+        bucket_jitter: float = 0.02,  # ±2 % of duration: 0.1 padded batches 11 % (experiments/throughput)
         padded_lengths_per_octave: int = 16,
         on_error: str = "raise",
         allow_speaker_overlap: bool = False,
