@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.broadclass-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-accent test test-all lint ui bench lock clean
+.PHONY: install demo demo-accent test test-slow test-all lint ui bench lock clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ demo-accent: install
 
 test: install
 	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
 
 test-all: install
 	$(PY) -m pytest -m "slow or not slow"

@@ -119,3 +119,17 @@ class RestoreRandomState(pl.Callback):
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class BestAndLastCheckpoint(pl.callbacks.ModelCheckpoint):
+    """The best checkpoint(s), and ``last.ckpt`` rewritten after every validation.
+
+    Lightning rewrites ``last.ckpt`` only at a validation that also saved a top-k checkpoint: once the
+    monitored metric stops improving, ``last`` would stay at the best step, and a crash would send the
+    run back there.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

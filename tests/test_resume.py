@@ -15,9 +15,11 @@ from subprocess import STDOUT
 import mlflow
 import pytest
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.demos.boring_classes import BoringModel
 
 from broadclass.data.datamodule import LengthBucketBatchSampler
-from broadclass.resume import FINISHED_FILE, find_resume_point, run_dir
+from broadclass.resume import FINISHED_FILE, BestAndLastCheckpoint, find_resume_point, run_dir
 from broadclass.train import train
 from tests.conftest import TEST_MODEL
 
@@ -193,3 +195,24 @@ def test_the_train_sampler_goes_on_after_the_batches_already_trained():
     finished.resume(2, len(epoch_2))  # saved after the epoch's last batch: the next epoch, whole
     uninterrupted.set_epoch(3)
     assert finished.epoch == 3 and list(finished) == list(uninterrupted)
+
+
+def test_last_checkpoint_follows_every_validation_after_the_metric_stops_improving(tmp_path):
+    # A monitored metric that only falls: Lightning alone would leave last.ckpt at the first step.
+    class Worsening(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("score", -float(self.global_step))
+
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, save_last=True)
+    trainer = pl.Trainer(
+        max_steps=12,
+        val_check_interval=4,
+        limit_val_batches=1,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Worsening())
+    assert Path(checkpoint.best_model_path).name == "epoch=0-step=4.ckpt"
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12

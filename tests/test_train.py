@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
+import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from broadclass.config import ConfigError, check_config
 from broadclass.data.check import DataCheckError
 from broadclass.model.encoder import PretrainedLoadError, build_network
+from broadclass.tracking.offline import BufferedMLFlowLogger
 from broadclass.train import train
 from tests.conftest import CONF_DIR, compose_config
 
@@ -101,3 +104,17 @@ def test_unknown_category_is_reported_with_the_manifest_row(train_config, tmp_pa
     datamodule = instantiate(train_config(f"data.train_manifest={manifest}").data)
     with pytest.raises(ValueError, match=r"bad.jsonl:1.*'robot'"):
         datamodule.setup("fit")
+
+
+def test_runs_of_the_same_seed_get_different_names_and_keep_the_seeded_random_stream(tmp_path):
+    # MLflow names runs from Python's global random, which seed_everything has seeded by then.
+    def named_logger():
+        pl.seed_everything(42)
+        return BufferedMLFlowLogger(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", spool_dir=str(tmp_path / "spool"))
+
+    first, second = named_logger(), named_logger()
+    assert first._run_name != second._run_name
+    pl.seed_everything(42)
+    expected = random.random()
+    named_logger()
+    assert random.random() == expected

@@ -360,7 +360,7 @@ def build_card(client: MlflowClient, run_id: str) -> str:
         parts.append("## Evaluation\n")
         parts += [evaluation_section(*evaluation) for evaluation in evaluations]
     parts.append(_versions(record))
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 # ---- the callback -----------------------------------------------------------------------------------
