@@ -161,7 +161,6 @@ def test_optuna_search_optimises_the_monitored_metric_in_its_direction(tmp_path,
 
 
 def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
     cfg = compose_config(tmp_path, ["+experiment=onSet1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.partition) == (1, "gpu")
