@@ -59,7 +59,7 @@ def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
     for name in ("val/accuracy", "val/wer", "val/ter", "val/loss", "val/macro_avg/f1", "test/accuracy"):
         assert name in run.data.metrics, name
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [20, 40]
-    assert run.data.params["model/lr"] == "0.002"
+    assert float(run.data.params["model/lr"]) == cfg.model.lr
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert artifacts == {"config/config.yaml", "config/vocab.json"}
 
