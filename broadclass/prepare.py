@@ -48,7 +48,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from broadclass.data.manifest import write_manifest
+from broadclass.data.manifest import jsonl_rows, write_manifest
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1
@@ -99,17 +99,7 @@ def _manifest_records(path: Path) -> Iterable[tuple[int, dict]]:
             for row in reader:
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None}
         return
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PrepareError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise PrepareError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+    yield from jsonl_rows(path, PrepareError)
 
 
 def read_manifest_source(path: str | Path, category_map: Mapping[str, str] | None = None) -> list[dict]:

@@ -59,6 +59,18 @@ def multirun(root: Path, *overrides: str) -> Path:
     return records[0].parent
 
 
+def demo_multirun(root: Path, corpus: dict[str, Path], *overrides: str) -> Path:
+    """A multirun of the demo experiment on the tests' small corpus (no prepare step)."""
+    return multirun(
+        root,
+        "+experiment=demo",
+        f"data.train_manifest={corpus['train']}",
+        f"data.val_manifest={corpus['validation']}",
+        "data.prepare=null",
+        *overrides,
+    )
+
+
 def runs_of(root: Path, experiment: str) -> list:
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["tags.`sweep/job`"])
@@ -168,14 +180,11 @@ def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
 
 @pytest.mark.slow
 def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_path, demo_corpus):
-    sweep = multirun(
+    sweep = demo_multirun(
         tmp_path,
-        "+experiment=demo",
+        demo_corpus,
         "model.lr=1e-3,2e-3",
         "model.warmup_steps=2,5",
-        f"data.train_manifest={demo_corpus['train']}",
-        f"data.val_manifest={demo_corpus['validation']}",
-        "data.prepare=null",
         *(o for o in SHORT if not o.startswith("model.warmup_steps")),
         "hydra/launcher=local",
     )
@@ -192,16 +201,7 @@ def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_
 
 @pytest.mark.slow
 def test_optuna_sweep_reports_the_best_of_the_values_train_returned(tmp_path, demo_corpus):
-    sweep = multirun(
-        tmp_path,
-        "+experiment=demo",
-        "+hparams_search=demo_optuna",
-        "hydra.sweeper.n_trials=2",
-        f"data.train_manifest={demo_corpus['train']}",
-        f"data.val_manifest={demo_corpus['validation']}",
-        "data.prepare=null",
-        *SHORT,
-    )
+    sweep = demo_multirun(tmp_path, demo_corpus, "+hparams_search=demo_optuna", "hydra.sweeper.n_trials=2", *SHORT)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = runs_of(tmp_path, "demo")
