@@ -91,6 +91,7 @@ class DataSchema:
     padded_lengths_per_octave: int = 16
     on_error: str = "raise"
     allow_speaker_overlap: bool = False
+    speed_perturbation: list[float] | None = None
 
 
 SCHEMAS = {"model": ModelSchema, "data": DataSchema, "monitor": MonitorSchema}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from broadclass.data.audio import AudioCache, AudioError, decode, normalize
+from broadclass.data.audio import AudioCache, AudioError, change_speed, decode, normalize
 
 
 def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -53,3 +53,11 @@ def test_cache_reuses_the_resampled_audio_and_notices_a_changed_file(tmp_path, m
     sf.write(path, tone(22_050, 0.7), 22_050)
     cache.load(path)
     assert len(calls) == 1
+
+
+def test_speed_perturbation_shortens_the_audio_and_raises_its_pitch_by_the_factor():
+    faster = change_speed(tone(16_000, 1.0).astype(np.float32), 1.1)
+    assert abs(len(faster) - 16_000 / 1.1) <= 2
+    spectrum = np.abs(np.fft.rfft(faster * np.hanning(len(faster))))
+    peak_hz = np.argmax(spectrum) * 16_000 / len(faster)
+    assert peak_hz == pytest.approx(440 * 1.1, abs=2)

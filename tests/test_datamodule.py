@@ -61,6 +61,28 @@ def test_ranks_split_training_batches_evenly_and_evaluation_batches_without_repe
     assert seen == list(range(50))
 
 
+def test_speed_perturbation_gives_each_utterance_one_speed_per_epoch_and_buckets_the_perturbed_durations():
+    durations = np.random.default_rng(0).uniform(1, 5, 60)
+    sampler = LengthBucketBatchSampler(durations, 6, seed=2, jitter=0.0, speeds=(0.9, 1.0, 1.1))
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sorted(i for b in batches for i, _ in b) == list(range(60))
+        speeds = dict(pair for b in batches for pair in b)
+        assert set(speeds.values()) == {0.9, 1.0, 1.1}
+        # Sorted on the perturbed durations, buckets do not overlap.
+        spans = sorted((min(durations[i] / s for i, s in b), max(durations[i] / s for i, s in b)) for b in batches)
+        assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:], strict=False))
+        epochs.append(speeds)
+    assert epochs[0] != epochs[1]
+
+
+def test_evaluation_batches_are_never_speed_perturbed():
+    sampler = LengthBucketBatchSampler([1.0, 2.0, 3.0], 2, shuffle=False, speeds=(0.9, 1.1))
+    assert list(sampler) == [[0, 1], [2]]
+
+
 def test_manifest_errors_name_file_and_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"audio_filepath": "a.wav", "duration": 1, "phones": "a", "category": "x"}\n{"duration": 2}\n')
@@ -86,3 +108,28 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
 def test_collate_output_is_what_the_network_takes():
     batch = collate([item(400, [2]), item(320, [3, 4])])
     assert batch["input_values"].dtype == torch.float32 and batch["attention_mask"].dtype == torch.long
+
+
+def test_configured_speed_perturbation_changes_training_audio_lengths_and_leaves_validation_alone(train_config):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(train_config("data.speed_perturbation=[0.8,1.25]").data)
+    datamodule.setup("fit")
+
+    def length_ratios(split: str, loader) -> list[float]:
+        dataset = datamodule.datasets[split]
+        plain = {row["id"]: len(dataset[i]["input_values"]) for i, row in enumerate(dataset.rows)}
+        batch = next(iter(loader))
+        return [plain[u] / n for u, n in zip(batch["ids"], batch["attention_mask"].sum(-1).tolist(), strict=True)]
+
+    ratios = length_ratios("train", datamodule.train_dataloader())
+    assert all(r == pytest.approx(0.8, abs=0.01) or r == pytest.approx(1.25, abs=0.01) for r in ratios), ratios
+    assert set(length_ratios("validation", datamodule.val_dataloader())) == {1.0}
+
+
+def test_speed_perturbation_must_be_positive_factors(train_config):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises(InstantiationException, match="positive speed factors"):
+        instantiate(train_config("data.speed_perturbation=[0.0,1.0]").data)

@@ -67,13 +67,18 @@ def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
 def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(train_config, tmp_path):
     cfg = train_config("+trainer.fast_dev_run=true")
     saved = tmp_path / "saved-encoder"
-    network = build_network(10, None, OmegaConf.to_container(cfg.model.config, resolve=True))
+    # XLSR's layout (plain wav2vec2, layer-norm feature encoder, pre-LN layers), not the tiny conformer:
+    # the default recipe fine-tunes that family.
+    xlsr_like = OmegaConf.to_container(cfg.model.config, resolve=True)
+    xlsr_like.update(model_type="wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True)
+    network = build_network(10, None, xlsr_like)
     network.save_pretrained(saved)
     cfg.model.pretrained = str(saved)
     cfg.model.config = {"mask_time_prob": 0.0}
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
     # The encoder comes from the folder; only the CTC head is new (our vocabulary is not 10 tokens).
+    assert type(model.net).__name__ == "Wav2Vec2ForCTC"
     assert model.net.config.hidden_size == network.config.hidden_size
     assert model.net.lm_head.out_features == len(datamodule.label_map.tokens)
     train(cfg)

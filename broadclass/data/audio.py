@@ -38,6 +38,14 @@ def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def change_speed(wave: np.ndarray, factor: float, sample_rate: int = 16_000) -> np.ndarray:
+    """``wave`` played ``factor`` times faster, pitch and formants moving with it (speed perturbation, as
+    Kaldi's 0.9/1.0/1.1 copies): read as if sampled at ``factor * sample_rate`` and resampled back."""
+    if factor == 1.0:
+        return wave
+    return np.ascontiguousarray(soxr.resample(wave, factor * sample_rate, sample_rate, quality="HQ"), dtype=np.float32)
+
+
 def normalize(wave: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance over the utterance's real length, as Wav2Vec2FeatureExtractor does."""
     wave = wave.astype(np.float32, copy=False)

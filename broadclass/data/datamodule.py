@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from broadclass.data.audio import AudioCache, normalize
+from broadclass.data.audio import AudioCache, change_speed, normalize
 from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_splits, log_check_report
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
@@ -39,17 +39,20 @@ class UtteranceDataset(Dataset):
     def durations(self) -> list[float]:
         return [row["duration"] for row in self.rows]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, float]) -> dict:
+        """``item`` is an index, or ``(index, speed)`` from a sampler that perturbs speed."""
+        index, speed = item if isinstance(item, tuple) else (item, 1.0)
         row = self.rows[index]
+        wave = change_speed(self.audio.load(row["audio_filepath"]), speed, self.audio.sample_rate)
         return {
-            "input_values": normalize(self.audio.load(row["audio_filepath"])),
+            "input_values": normalize(wave),
             "labels": self.targets[index],
             "category": self.categories[index],
             "id": row["id"],
         }
 
 
-class LengthBucketBatchSampler(Sampler[list[int]]):
+class LengthBucketBatchSampler(Sampler[list]):
     """Batches of similar duration, in random order between batches.
 
     Utterances are sorted by duration with a small per-epoch jitter (so batch composition varies from
@@ -59,6 +62,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     repeats the first batches of the epoch so every epoch is a whole number of optimizer steps:
     otherwise Lightning steps on a short accumulation at each epoch end, and "validate every N
     optimizer steps", counted by Lightning in batches, drifts away from optimizer step N.
+
+    With more than one ``speeds`` (training only) every utterance of an epoch is given one of them at
+    random and the batches hold ``(index, speed)`` pairs; the buckets are cut on the perturbed
+    durations, so padding stays as low as without perturbation.
     """
 
     def __init__(
@@ -71,8 +78,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         multiple_of: int = 1,
+        speeds: Sequence[float] = (1.0,),
     ):
         self.durations = np.asarray(durations, dtype=np.float64)
+        self.speeds = np.asarray(speeds, dtype=np.float64)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -91,13 +100,18 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch + 1 if batches >= len(self) else epoch
         self._resume_after = (epoch, batches) if batches < len(self) else None
 
-    def _batches(self) -> list[list[int]]:
+    def _batches(self) -> list[list]:
         rng = np.random.default_rng([self.seed, self.epoch])
         keys = self.durations
+        perturbed = self.shuffle and len(self.speeds) > 1
+        if perturbed:
+            speed = np.random.default_rng([self.seed, self.epoch, 1]).choice(self.speeds, size=len(keys))
+            keys = keys / speed
         if self.shuffle and self.jitter > 0:
             keys = keys * (1 + rng.uniform(-self.jitter, self.jitter, size=len(keys)))
         order = np.argsort(keys, kind="stable")
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        items = [(int(i), float(speed[i])) for i in order] if perturbed else order.tolist()
+        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
             # Every training process must run the same number of batches, a multiple of the
@@ -107,7 +121,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         # Evaluation batches are split as they are: repeating utterances would bias the report.
         return batches[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         resume, self._resume_after = self._resume_after, None
         skip = resume[1] if resume is not None and resume[0] == self.epoch else 0
         yield from self._batches()[skip:]
@@ -200,8 +214,11 @@ class BroadClassDataModule(pl.LightningDataModule):
         padded_lengths_per_octave: int = 16,
         on_error: str = "raise",
         allow_speaker_overlap: bool = False,
+        speed_perturbation: Sequence[float] | None = None,
     ):
         super().__init__()
+        if speed_perturbation is not None and (not speed_perturbation or min(speed_perturbation) <= 0):
+            raise ValueError(f"data.speed_perturbation must be positive speed factors, got {speed_perturbation}")
         if padded_lengths_per_octave < 0 or padded_lengths_per_octave & (padded_lengths_per_octave - 1):
             raise ValueError(
                 f"data.padded_lengths_per_octave must be 0 or a power of two, got {padded_lengths_per_octave}"
@@ -218,6 +235,7 @@ class BroadClassDataModule(pl.LightningDataModule):
         self.padded_lengths_per_octave = padded_lengths_per_octave
         self.on_error = on_error
         self.allow_speaker_overlap = allow_speaker_overlap
+        self.speeds = tuple(speed_perturbation or (1.0,))
         self.check_report: DataReport | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
 
@@ -267,6 +285,7 @@ class BroadClassDataModule(pl.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             multiple_of=trainer.accumulate_grad_batches if trainer is not None and training else 1,
+            speeds=self.speeds if training else (1.0,),
         )
         kwargs = {
             "batch_sampler": sampler,

@@ -1,4 +1,10 @@
-"""Build the transformers ``Wav2Vec2ForCTC`` network: from pretrained weights or from a config."""
+"""Build the transformers CTC network (``Wav2Vec2ForCTC`` and its kin): from pretrained weights or a config.
+
+Any model ``AutoModelForCTC`` knows and that has wav2vec2's layout (a convolutional feature encoder, a
+transformer, ``lm_head``) works: wav2vec2 (the default, XLSR), wav2vec2-conformer, HuBERT, WavLM. A
+pretrained folder or hub id says what it is; a model trained from scratch is a ``wav2vec2`` unless its
+config names another ``model_type`` (the demo's tiny model is a ``wav2vec2-conformer``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+from transformers import AutoConfig, AutoModelForCTC, PreTrainedModel
 
 
 class PretrainedLoadError(RuntimeError):
@@ -18,7 +24,7 @@ def build_network(
     pretrained: str | None,
     config: Mapping[str, Any] | None = None,
     pad_token_id: int = 0,
-) -> Wav2Vec2ForCTC:
+) -> PreTrainedModel:
     """A CTC network with a head sized for our vocabulary.
 
     ``pretrained`` is a hub id or a local folder written by ``save_pretrained``/our export; its encoder
@@ -27,11 +33,12 @@ def build_network(
     the pretrained config either way (dropouts, SpecAugment masking, layerdrop).
     """
     overrides = dict(config or {})
+    model_type = overrides.pop("model_type", "wav2vec2")
     overrides.update(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_zero_infinity=True)
     if not pretrained:
-        return Wav2Vec2ForCTC(Wav2Vec2Config(**overrides))
+        return _without_idle_parameters(AutoModelForCTC.from_config(AutoConfig.for_model(model_type, **overrides)))
     try:
-        network = Wav2Vec2ForCTC.from_pretrained(pretrained, ignore_mismatched_sizes=True, **overrides)
+        network = AutoModelForCTC.from_pretrained(pretrained, ignore_mismatched_sizes=True, **overrides)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise PretrainedLoadError(
@@ -43,4 +50,14 @@ def build_network(
         ) from err
     # from_pretrained returns the network in eval mode and Lightning keeps a module's mode: left so,
     # dropout, LayerDrop and SpecAugment masking would stay off for the whole fine-tuning.
-    return network.train()
+    return _without_idle_parameters(network.train())
+
+
+def _without_idle_parameters(network: PreTrainedModel) -> PreTrainedModel:
+    """Freeze weights the forward pass never uses, so DDP does not wait for their gradients.
+
+    transformers' wav2vec2-conformer encoder builds wav2vec2's convolutional position embedding and never
+    calls it (positions come from rotary or relative embeddings inside attention, or from nothing)."""
+    if network.config.model_type == "wav2vec2-conformer":
+        network.base_model.encoder.pos_conv_embed.requires_grad_(False)
+    return network

@@ -62,7 +62,7 @@ class BroadClassModule(pl.LightningModule):
         # Group-norm feature encoders (wav2vec2-base) were trained on zero-padded input without a mask;
         # layer-norm ones (XLSR) need it.
         mask = attention_mask if self.net.config.feat_extract_norm == "layer" else None
-        hidden = self.net.wav2vec2(input_values, attention_mask=mask).last_hidden_state
+        hidden = self.net.base_model(input_values, attention_mask=mask).last_hidden_state
         logits = self.net.lm_head(self.net.dropout(hidden))
         output_lengths = self.net._get_feat_extract_output_lengths(attention_mask.sum(-1)).long()
         out = {"logits": logits, "output_lengths": output_lengths}

@@ -220,8 +220,8 @@ def _description(record: RunRecord) -> str:
     else:
         net = model.get("config") or {}
         origin = (
-            f"a wav2vec2 CTC model trained from scratch (hidden size {net.get('hidden_size', '?')}, "
-            f"{net.get('num_hidden_layers', '?')} transformer layers)"
+            f"a {net.get('model_type', 'wav2vec2')} CTC model trained from scratch (hidden size "
+            f"{net.get('hidden_size', '?')}, {net.get('num_hidden_layers', '?')} layers)"
         )
     class_list = ", ".join(f"{name} (`{spec.get('tag')}`)" for name, spec in classes.items())
     category_list = ", ".join(f"{c['name']} (`{c['tag']}`)" for c in categories)
