@@ -236,7 +236,7 @@ def _is_complete(corpus_dir: Path, spec: dict, manifests: dict[str, Path]) -> bo
 def build_demo_corpus(
     root: str | Path,
     categories: str = "voice",
-    n_train: int = 1600,
+    n_train: int = 3200,
     n_val: int = 100,
     seed: int = 0,
     min_words: int = 3,
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the eSpeak demo corpus (reused if already built).")
     parser.add_argument("--root", type=Path, default=Path("data/demo"), help="folder for <categories>/ corpora")
     parser.add_argument("--categories", choices=sorted(CATEGORY_SETS), default="voice")
-    parser.add_argument("--n-train", type=int, default=1600)
+    parser.add_argument("--n-train", type=int, default=3200)
     parser.add_argument("--n-val", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-words", type=int, default=3)
