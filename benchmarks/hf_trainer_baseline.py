@@ -1,4 +1,4 @@
-"""The reference recipe: HuggingFace ``Trainer`` + ``Wav2Vec2ForCTC``, on what our config describes.
+"""The reference recipe: HuggingFace ``Trainer`` + our CTC network (``Wav2Vec2ForCTC`` or kin), on our config.
 
 ``python -m benchmarks.hf_trainer_baseline --out rec.json --work DIR --warmup 10 -- <Hydra overrides>``
 

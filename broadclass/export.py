@@ -1,7 +1,8 @@
 """Export a trained model as a standard HuggingFace folder: ``python -m broadclass.export <source> <out dir>``.
 
 ``<source>`` is a Lightning checkpoint, an exported folder or an MLflow run (id or name). The folder holds
-``Wav2Vec2ForCTC`` weights (``model.safetensors``) and ``config.json`` (``id2label``/``label2id``), the
+the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …: ``model.safetensors``) and
+``config.json`` (``id2label``/``label2id``), the
 feature extractor (``preprocessor_config.json``: 16 kHz, normalised, an attention mask only for
 layer-norm feature encoders, as in training), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
 ``broadclass.json`` (vocabulary, label config, categories, validation report: what ``broadclass.predict``
