@@ -78,6 +78,11 @@ def test_speed_perturbation_gives_each_utterance_one_speed_per_epoch_and_buckets
     assert epochs[0] != epochs[1]
 
 
+def test_a_single_speed_factor_is_applied_to_every_utterance():
+    sampler = LengthBucketBatchSampler([1.0, 2.0, 3.0], 2, speeds=(1.25,))
+    assert sorted(pair for b in sampler for pair in b) == [(0, 1.25), (1, 1.25), (2, 1.25)]
+
+
 def test_evaluation_batches_are_never_speed_perturbed():
     sampler = LengthBucketBatchSampler([1.0, 2.0, 3.0], 2, shuffle=False, speeds=(0.9, 1.1))
     assert list(sampler) == [[0, 1], [2]]

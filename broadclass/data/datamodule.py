@@ -63,9 +63,9 @@ class LengthBucketBatchSampler(Sampler[list]):
     otherwise Lightning steps on a short accumulation at each epoch end, and "validate every N
     optimizer steps", counted by Lightning in batches, drifts away from optimizer step N.
 
-    With more than one ``speeds`` (training only) every utterance of an epoch is given one of them at
-    random and the batches hold ``(index, speed)`` pairs; the buckets are cut on the perturbed
-    durations, so padding stays as low as without perturbation.
+    With ``speeds`` other than ``(1.0,)`` (training only: ignored when not shuffling) every utterance of
+    an epoch is given one of them at random and the batches hold ``(index, speed)`` pairs; the buckets
+    are cut on the perturbed durations, so padding stays as low as without perturbation.
     """
 
     def __init__(
@@ -103,7 +103,7 @@ class LengthBucketBatchSampler(Sampler[list]):
     def _batches(self) -> list[list]:
         rng = np.random.default_rng([self.seed, self.epoch])
         keys = self.durations
-        perturbed = self.shuffle and len(self.speeds) > 1
+        perturbed = self.shuffle and bool((self.speeds != 1.0).any())
         if perturbed:
             speed = np.random.default_rng([self.seed, self.epoch, 1]).choice(self.speeds, size=len(keys))
             keys = keys / speed
@@ -285,7 +285,7 @@ class BroadClassDataModule(pl.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             multiple_of=trainer.accumulate_grad_batches if trainer is not None and training else 1,
-            speeds=self.speeds if training else (1.0,),
+            speeds=self.speeds,
         )
         kwargs = {
             "batch_sampler": sampler,
