@@ -98,9 +98,10 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_which_halves_its_scale_and_th
     assert steps[clean + 1]["lr"] > steps[clean]["lr"]
     client, run = run_of(cfg)
     overflows = client.get_metric_history(run.info.run_id, "train/overflow_steps")
-    assert overflows[-1].value >= 1 and dict((m.step, m.value) for m in overflows)[4] > dict(
-        (m.step, m.value) for m in overflows
-    )[2]
+    assert (
+        overflows[-1].value >= 1
+        and dict((m.step, m.value) for m in overflows)[4] > dict((m.step, m.value) for m in overflows)[2]
+    )
     assert {m.value for m in client.get_metric_history(run.info.run_id, "train/skipped_steps")} == {0.0}
     scales = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_scale")]
     assert len(scales) == 6 and scales[4] == scales[3] / 2
@@ -125,7 +126,9 @@ def test_a_nan_loss_under_fp16_is_a_skipped_step_not_an_overflow(train_config):
 
 
 def test_gradients_are_clipped_in_true_units_after_unscaling(train_config):
-    train(recorded(train_config, "trainer.gradient_clip_val=1.0", "trainer.max_steps=5", "val_every_n_optimizer_steps=5"))
+    train(
+        recorded(train_config, "trainer.gradient_clip_val=1.0", "trainer.max_steps=5", "val_every_n_optimizer_steps=5")
+    )
     taken = [s for s in StepRecorder.steps.values() if "norm_at_step" in s]  # overflow steps never reach step()
     assert taken
     clipped = [s for s in taken if s["norm_before_clipping"] > 1.0]
