@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 from broadclass.config import check_config
 from broadclass.resume import RestoreRandomState, find_resume_point, mark_finished, remember_run
 from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
-from broadclass.tracking.offline import check_tracking_server
 
 
 def run_tags() -> dict[str, str]:
@@ -35,12 +34,14 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     resume = find_resume_point(cfg.paths.output_dir, cfg.resume)
-    if "mlflow" in cfg.logger:  # an unreachable tracking server stops the run here, in seconds
-        check_tracking_server(cfg.logger.mlflow.tracking_uri)
+    if "mlflow" in cfg.logger:
+        # Imported only for a run that logs to MLflow: `logger=none` runs where MLflow is not installed.
+        from broadclass.tracking.offline import check_tracking_server
+
+        check_tracking_server(cfg.logger.mlflow.tracking_uri)  # an unreachable server stops the run here, in seconds
+        ensure_experiment(cfg.logger.mlflow)  # before the loggers open the store: parallel sweep jobs would race
     # A resumed run logs into its MLflow run.
     resumed_run = {"mlflow": {"run_id": resume.mlflow_run_id}}
-    if "mlflow" in cfg.logger:  # before the loggers open the store: parallel sweep jobs would race
-        ensure_experiment(cfg.logger.mlflow)
     loggers = [instantiate(c, **resumed_run.get(name, {})) for name, c in cfg.logger.items()]
     datamodule = instantiate(cfg.data)
     # Built as a partial: Hydra would turn a LabelMap argument into a config node.

@@ -14,7 +14,7 @@ from broadclass.data.labels import LabelMap
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
-from broadclass.model.encoder import build_network
+from broadclass.model.encoder import build_network, enable_activation_checkpointing
 from broadclass.model.guard import loss_scaler
 
 
@@ -51,9 +51,7 @@ class BroadClassModule(pl.LightningModule):
         if freeze_feature_encoder:
             self.net.freeze_feature_encoder()
         if gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs, LayerDrop and DDP (the reentrant variant marks a
-            # parameter ready twice under DDP when layers are skipped).
-            self.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.net)
         self.category_head = (
             nn.Linear(self.net.config.hidden_size, self.num_categories) if category_head_weight > 0 else None
         )
