@@ -328,7 +328,7 @@ def split_set(rows: Sequence[dict], folds: Mapping[str, int], index: int) -> dic
 def summarize(splits: Mapping[str, Sequence[dict]], categories: Sequence[str]) -> dict:
     return {
         split: {
-            "speakers": len({row["speaker"] for row in split_rows}),
+            "speakers": len({row["speaker"] for row in split_rows if "speaker" in row}),
             "utterances": len(split_rows),
             "hours": round(sum(row["duration"] for row in split_rows) / 3600, 4),
             "categories": {name: sum(row["category"] == name for row in split_rows) for name in categories},
@@ -369,13 +369,17 @@ def check_out_folder(out: Path) -> int:
 
 
 def write_sets(
-    sets: Sequence[Mapping[str, Sequence[dict]]], out: str | Path, spec: Mapping[str, object], note: str = ""
+    sets: Sequence[Mapping[str, Sequence[dict]]],
+    out: str | Path,
+    spec: Mapping[str, object],
+    old_sets: int = 0,
+    note: str = "",
 ) -> dict[str, dict]:
     """Write every set folder (``sets[i]``: split → rows) and ``sets.json``; returns each set's summary.
 
-    ``note``: a line for each summary.md under its table (where the phones came from)."""
+    ``old_sets``: how many sets an earlier run left (:func:`check_out_folder`), the extra ones are
+    removed. ``note``: a line for each summary.md under its table (where the phones came from)."""
     out = Path(out)
-    old_sets = check_out_folder(out)
     categories = sorted({row["category"] for splits in sets for rows in splits.values() for row in rows})
     summaries = {}
     for index, splits in enumerate(sets):
@@ -422,7 +426,7 @@ def prepare_sets(
     if keep_splits and test_share:
         raise PrepareError("--keep-splits keeps the dataset's own test split: drop --test-share")
     n_sets = 1 if keep_splits else n_sets or DEFAULT_SETS
-    check_out_folder(out)
+    old_sets = check_out_folder(out)
     mapping = load_category_map(category_map) if category_map else None
     chosen = parse_columns(columns) if isinstance(columns, str) else dict(columns or {})
     rows, problems, dataset = read_source(source, mapping, category_level, chosen, keep_splits, phonemize is not None)
@@ -463,7 +467,7 @@ def prepare_sets(
     }
     spec |= {"speakers": dict(sorted(folds.items()))} if folds is not None else {}
     note = f"Phones from the text by eSpeak NG {phonemes['espeak_version']}, voice {phonemize}." if phonemes else ""
-    return write_sets(sets, out, spec, note)
+    return write_sets(sets, out, spec, old_sets, note)
 
 
 def locate_set(set_dir: str | Path, set_name: str) -> dict[str, Path]:

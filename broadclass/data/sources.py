@@ -75,15 +75,16 @@ def resolve_columns(
     """
     columns: dict[str, str] = {}
     problems = []
-    for name in FIELDS:
+    for name, column in chosen.items():
+        if column in found:
+            columns[name] = column
+        else:
+            problems.append(f"--columns {name}={column}: {where} has no column {column!r}")
+    for name in FIELDS:  # a column the user chose for one field is never taken for another
         if name in chosen:
-            if chosen[name] in found:
-                columns[name] = chosen[name]
-            else:
-                problems.append(f"--columns {name}={chosen[name]}: {where} has no column {chosen[name]!r}")
             continue
         candidates = ([preferred[name]] if preferred and name in preferred else []) + list(COMMON_NAMES[name])
-        column = next((c for c in candidates if c in found), None)
+        column = next((c for c in candidates if c in found and c not in chosen.values()), None)
         if column is not None:
             columns[name] = column
     missing = [name for name in required if name not in columns and name not in chosen]
@@ -164,17 +165,20 @@ def table_rows(
                 problems.append(f"{where}: speaker {values['speaker']!r} is not in the category map")
                 continue
             values["category"] = category_of_speaker[values["speaker"]]
-        row = {"_source": where, "category": values.get("category", ""), "speaker": values.get("speaker", "")}
         if audio_root is not None:
             audio = Path(values["audio"])
-            row["audio_filepath"] = str((audio if audio.is_absolute() else audio_root / audio).resolve())
-            default_id = f"{row['speaker']}-{audio.stem}"
+            audio_filepath = str((audio if audio.is_absolute() else audio_root / audio).resolve())
+            default_id = f"{values.get('speaker', '')}-{audio.stem}"
         else:
-            default_id = ""
-        row["id"] = values.get("id") or default_id
-        row["phones"] = " ".join(values.get("phones", "").split())
-        if values.get("text"):
-            row["text"] = values["text"]
+            audio_filepath, default_id = None, ""
+        row = {
+            "id": values.get("id") or default_id,
+            "audio_filepath": audio_filepath,
+            "phones": " ".join(values.get("phones", "").split()),
+            "category": values.get("category", ""),
+        }
+        row |= {key: values[key] for key in ("speaker", "text") if values.get(key)}
+        row["_source"] = where
         rows.append(row)
     return rows, problems
 
