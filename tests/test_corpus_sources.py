@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,8 +23,6 @@ from broadclass.data.manifest import ManifestError, read_manifest
 from broadclass.data.phonemize import Phonemizer
 from broadclass.prepare import PrepareError, main, prepare_sets
 from tests.conftest import CONF_DIR
-
-datasets = pytest.importorskip("datasets")
 
 # (speaker = eSpeak voice, category, text): 4 speakers, 2 categories, 2 sentences each.
 UTTERANCES = [
