@@ -7,23 +7,39 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import datasets
+import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
 
+from broadclass.data.demo import load_words
 from broadclass.data.espeak import ESpeak
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import ManifestError, read_manifest
 from broadclass.data.phonemize import Phonemizer
 from broadclass.prepare import PrepareError, main, prepare_sets
-from tests.conftest import CONF_DIR
+from broadclass.train import train
+from tests.conftest import CONF_DIR, TEST_MODEL, compose_config
 
+# Two optimizer steps of the test model, each validated; no export, figures or test pass.
+SHORT_RUN = [
+    *TEST_MODEL,
+    "trainer.max_steps=2",
+    "val_every_n_optimizer_steps=1",
+    "model.warmup_steps=1",
+    "test_after_fit=false",
+    "callbacks.export_model.enabled=false",
+    "trainer.enable_progress_bar=false",
+    "+callbacks.report.figures=false",
+    "+callbacks.report.console=false",
+]
 # (speaker = eSpeak voice, category, text): 4 speakers, 2 categories, 2 sentences each.
 UTTERANCES = [
     ("en-us+m1", "male", "the cat sat on the mat"),
@@ -386,3 +402,53 @@ def test_prepare_command_reports_bad_input_with_status_1_and_keeps_earlier_sets(
     assert "corpus.csv:5: missing or empty speaker (column 'spk')" in result.stderr
     assert f"corpus.csv:7: audio file not found: {tmp_path / 'wav' / 'missing.wav'}" in result.stderr
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before  # nothing lost
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_datasets_folder_of_plain_text_is_phonemized_into_sets_the_reference_recipe_trains_on(
+    tmp_path, empty_mlflow_db
+):
+    # 10 speakers (eSpeak voice variants), 2 categories, 4 sentences each, plain English text.
+    words = load_words()
+    rng = np.random.default_rng(0)
+    voices = [(f"en-us+m{i}", "male") for i in range(1, 6)] + [(f"en-us+f{i}", "female") for i in range(1, 6)]
+    utterances = [
+        (voice, category, " ".join(rng.choice(words, size=4))) for voice, category in voices for _ in range(4)
+    ]
+    dataset, _ = build_dataset(tmp_path, "bytes", utterances)
+    dataset.save_to_disk(str(tmp_path / "corpus"))
+    sets = tmp_path / "sets"
+    result = run_module(
+        "broadclass.prepare",
+        str(tmp_path / "corpus"),
+        "--phonemize",
+        "en-us",
+        "--sets",
+        "5",
+        "--out",
+        str(sets),
+        "--check",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Data check: no problems" in result.stdout
+    assert "voice en-us" in (sets / "set1" / "summary.md").read_text()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    cfg = compose_config(
+        tmp_path,
+        [
+            "+experiment=onSet1",
+            "trainer=cpu",
+            "model=tiny",
+            "model.pretrained=null",
+            f"paths.sets_dir={sets}",
+            "data.categories=[{name: female, tag: f}, {name: male, tag: m}]",
+            "data.num_workers=0",
+            *SHORT_RUN,
+        ],
+    )
+    train(cfg)
+    client = mlflow.MlflowClient(cfg.logger.mlflow.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "model_broadclass_onSet1"
+    assert "val/ter" in run.data.metrics and "val/macro_avg/f1" in run.data.metrics
