@@ -265,6 +265,28 @@ def test_bad_audio_rows_of_a_dataset_are_all_listed_before_anything_is_written(t
     assert not (tmp_path / "sets").exists()
 
 
+def test_a_column_of_file_paths_is_read_relative_to_the_dataset_and_a_missing_file_named(tmp_path):
+    rate = ESpeak().sample_rate
+    (tmp_path / "corpus" / "clips").mkdir(parents=True)
+    for i, (voice, _, text) in enumerate(UTTERANCES):
+        sf.write(tmp_path / "corpus" / "clips" / f"{i}.flac", synthesize(voice, text), rate)
+    paths = [f"clips/{i}.flac" for i in range(len(UTTERANCES))]
+    paths[3] = "clips/gone.flac"
+    columns = {"file": paths, "speaker": [v for v, _, _ in UTTERANCES], "label": [c for _, c, _ in UTTERANCES]}
+    columns["sentence"] = [t for _, _, t in UTTERANCES]
+    datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "corpus" / "train.parquet"))
+    with pytest.raises(PrepareError) as raised:
+        prepare_sets(tmp_path / "corpus", tmp_path / "sets", n_sets=2, phonemize="en-us")
+    assert raised.value.problems == [
+        f"{tmp_path / 'corpus'} train row 3: audio column 'file': audio file not found: "
+        f"{tmp_path / 'corpus' / 'clips' / 'gone.flac'}"
+    ]
+    (tmp_path / "corpus" / "clips" / "3.flac").rename(tmp_path / "corpus" / "clips" / "gone.flac")
+    prepare_sets(tmp_path / "corpus", tmp_path / "sets", n_sets=2, phonemize="en-us")
+    written = sorted(p.name for p in (tmp_path / "sets" / "audio").iterdir())
+    assert written == [f"train-{i:06d}.flac" for i in range(len(UTTERANCES))]  # copied in their own format
+
+
 # ---- phones from text ---------------------------------------------------------------------------------------
 def ipa_labels() -> LabelMap:
     return LabelMap.from_config(
@@ -366,6 +388,32 @@ def test_read_manifest_reports_every_manifest_level_problem_at_once(tmp_path):
     with pytest.raises(ManifestError) as raised:
         read_manifest(manifest)
     assert raised.value.problems == [line.format(m=manifest) for line in EXPECTED]
+
+
+def test_prepare_reads_every_line_of_a_jsonl_corpus_before_it_reports(table, tmp_path):
+    lines = [json.dumps(row) for row in table]
+    lines[1] = "{broken"
+    lines[4] = json.dumps({k: v for k, v in table[4].items() if k != "emotion"})
+    (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PrepareError) as raised:
+        prepare_sets(tmp_path / "corpus.jsonl", tmp_path / "sets", columns="phones=transcript,category=emotion")
+    assert raised.value.problems == [
+        f"{tmp_path / 'corpus.jsonl'}:2: not valid JSON (Expecting property name enclosed in double quotes)",
+        f"{tmp_path / 'corpus.jsonl'}:5: missing or empty category (column 'emotion')",
+    ]
+
+
+def test_predict_input_manifest_reports_every_bad_line(tmp_path):
+    from broadclass.predict import collect
+
+    manifest = tmp_path / "to-predict.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav"}\nnot json\n{"id": "x"}\n', encoding="utf-8")
+    with pytest.raises(ManifestError) as raised:
+        collect(manifest)
+    assert raised.value.problems == [
+        f"{manifest}:2: not valid JSON (Expecting value)",
+        f"{manifest}:3: missing field(s) audio_filepath",
+    ]
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
