@@ -131,6 +131,8 @@ class Clip:
 
 
 def _encoded(data: bytes | None, path: str | None, root: Path) -> Clip:
+    """An encoded file from its bytes, or read from ``path`` (relative to ``root``); the suffix from the
+    path, else from the format soundfile finds."""
     if data is None:
         if not path:
             raise ValueError("neither bytes nor a path")
@@ -138,8 +140,21 @@ def _encoded(data: bytes | None, path: str | None, root: Path) -> Clip:
         if not file.is_file():
             raise ValueError(f"audio file not found: {file}")
         data = file.read_bytes()
-    suffix = Path(path).suffix.lower() if path and Path(path).suffix else ".wav"
+    suffix = Path(path).suffix.lower() if path else ""
+    if not suffix:
+        try:
+            suffix = "." + sf.info(io.BytesIO(data)).format.lower()
+        except Exception:  # unreadable: reported when its duration is read
+            suffix = ".audio"
     return Clip(data=data, suffix=suffix)
+
+
+def _waveform(array: object, rate: object) -> Clip:
+    """A decoded waveform; ``datasets`` stores several channels as (channels, samples): made (samples, channels)."""
+    wave = np.asarray(array, np.float32)
+    if wave.ndim == 2 and wave.shape[0] < wave.shape[1]:
+        wave = wave.T
+    return Clip(wave=wave, rate=int(rate))
 
 
 def clips(dataset, column: str, root: Path) -> Iterator[tuple[int, Clip | None, str]]:
@@ -152,7 +167,7 @@ def clips(dataset, column: str, root: Path) -> Iterator[tuple[int, Clip | None, 
         read = lambda value: _encoded(value.get("bytes"), value.get("path"), root)  # noqa: E731
     elif isinstance(feature, dict) and {"array", "sampling_rate"} <= set(feature):
         items = dataset.select_columns([column]).with_format("numpy")
-        read = lambda value: Clip(wave=np.asarray(value["array"], np.float32), rate=int(value["sampling_rate"]))  # noqa: E731
+        read = lambda value: _waveform(value["array"], value["sampling_rate"])  # noqa: E731
     elif getattr(feature, "dtype", None) in ("string", "large_string"):
         items = dataset.select_columns([column])
         read = lambda value: _encoded(None, value, root)  # noqa: E731
@@ -226,7 +241,8 @@ class DatasetSource:
                 self.category_of_speaker,
             )
             problems += split_problems
-            by_index = {int(row["_source"][len(where) :]): row for row in split_rows}
+            index_of = {f"{where}{index}": index for index in range(len(dataset))}
+            by_index = {index_of[row["_source"]]: row for row in split_rows}
             for index, clip, why in clips(dataset, columns["audio"], self.root):
                 row = by_index.get(index)
                 if clip is None:
