@@ -445,8 +445,7 @@ def prepare_sets(
 
     if keep_splits:
         folds = None
-        sets = [{split: [row for row in rows if row["_split"] == split] for split in SPLITS}]
-        sets = [{split: split_rows for split, split_rows in sets[0].items() if split_rows}]
+        sets = [{split: kept for split in SPLITS if (kept := [row for row in rows if row["_split"] == split])}]
     else:
         folds = assign_folds(rows, n_sets, seed, test_share)
         sets = [split_set(rows, folds, index) for index in range(n_sets)]
@@ -542,8 +541,8 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         from broadclass.data.check import main as check
 
         manifests = [str(path) for path in locate_set(args.out, "set1").values()]
-        labels = ["--labels", args.labels or ("ipa" if args.phonemize else None)]
-        if check([*manifests, f"data.categories=[{tags}]", *(labels if labels[1] else [])], print_fn):
+        labels = args.labels or ("ipa" if args.phonemize else None)
+        if check([*manifests, f"data.categories=[{tags}]", *(["--labels", labels] if labels else [])], print_fn):
             raise SystemExit(1)
     return summaries
 
