@@ -15,7 +15,11 @@ from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_rep
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
-from broadclass.model.guard import loss_scaler
+
+
+def loss_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
+    """The ``16-mixed`` loss scaler Lightning steps the optimizer through, or None (fp32, bf16)."""
+    return getattr(trainer.precision_plugin, "scaler", None)
 
 
 class BroadClassModule(pl.LightningModule):
