@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -32,9 +31,6 @@ from omegaconf import OmegaConf
 from broadclass.data.audio import AudioCache, AudioError
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import ManifestError, listed, read_manifest
-
-if TYPE_CHECKING:
-    pass
 
 # What each kind means, in report order.
 KINDS = {
