@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import time
@@ -36,10 +35,11 @@ import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.name_utils import _generate_random_name
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
+
+from broadclass.tracking.mlflow_run import single_run_name
 
 log = logging.getLogger(__name__)
 
@@ -299,21 +299,6 @@ class SpoolingClient:
         )
 
 
-def unseeded_run_name() -> str:
-    """An MLflow-style run name (``capable-auk-759``) drawn from fresh entropy.
-
-    MLflow draws the name from Python's global ``random``, which ``seed_everything`` has seeded by then:
-    every run of one seed would get the same name. The global state is put back, so the run stays
-    reproducible.
-    """
-    state = random.getstate()
-    try:
-        random.seed()
-        return _generate_random_name()
-    finally:
-        random.setstate(state)
-
-
 class BufferedMLFlowLogger(MLFlowLogger):
     """``MLFlowLogger`` that spools while the server is away and never logs a step twice."""
 
@@ -326,7 +311,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
         **kwargs: Any,
     ):
         if kwargs.get("run_name") is None and kwargs.get("run_id") is None:
-            kwargs["run_name"] = unseeded_run_name()
+            kwargs["run_name"] = single_run_name(kwargs.get("experiment_name", "lightning_logs"))
         super().__init__(*args, **kwargs)
         self.spool_dir = Path(spool_dir)
         self.retry_interval_s = retry_interval_s
