@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 5.0
 JOURNAL = "journal.jsonl"
 SENT = "sent"  # the highest journal sequence number known to be in MLflow
 RUN_FILE = "run.json"
+IMAGE_FILE = "image.png"  # a spooled MLflow image (log_image with a key and step)
 
 
 class TrackingServerUnreachable(RuntimeError):
@@ -168,6 +169,11 @@ def send_record(client: MlflowClient, record: dict) -> None:
         )
     elif op == "artifacts":
         client.log_artifacts(run_id, record["local"], record.get("artifact_path"))
+    elif op == "image":
+        from PIL import Image
+
+        with Image.open(Path(record["local"]) / IMAGE_FILE) as image:
+            client.log_image(run_id, image, key=record["key"], step=record["step"], timestamp=record["timestamp"])
     elif op == "terminated":
         client.set_terminated(run_id, record["status"], record["end_time"])
     else:
@@ -289,6 +295,15 @@ class SpoolingClient:
             artifact_file,
             lambda: self._client.log_figure(run_id, figure, artifact_file, save_kwargs=save_kwargs),
             lambda path: figure.savefig(path, **(save_kwargs or {})),
+        )
+
+    def log_image(self, run_id: str, image: Any, *, key: str, step: int = 0, timestamp: int | None = None) -> None:
+        """An image with a key and step (the chart view's image with a step slider)."""
+        timestamp = timestamp or int(time.time() * 1000)
+        self._write(
+            {"run_id": run_id, "op": "image", "key": key, "step": step, "timestamp": timestamp},
+            lambda: self._client.log_image(run_id, image, key=key, step=step, timestamp=timestamp),
+            lambda folder: image.save(folder / IMAGE_FILE),
         )
 
     def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
