@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
-from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -43,12 +42,11 @@ def manifest_dataset(path: str | Path, rows: Sequence[Mapping], categories: Sequ
         "hours": round(sum(float(row["duration"]) for row in rows) / 3600, 4),
         "categories": {name: counts.get(name, 0) for name in categories},
     }
-    source = FileSystemDatasetSource(str(path))
     return Dataset(
         name=f"{path.parent.name}/{path.stem}",
         digest=file_digest(path),
-        source_type=source._get_source_type(),
-        source=source.to_json(),
+        source_type="local",  # MLflow's source type of a local file (LocalArtifactDatasetSource)
+        source=json.dumps({"uri": str(path)}),
         profile=json.dumps(profile, ensure_ascii=False),
     )
 
