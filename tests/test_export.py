@@ -123,7 +123,7 @@ def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trai
         trained_run.config.experiment_name,
     )
     assert output.step == 10  # the best (and only) validation's step
-    local = Path(download_artifacts(model.model_uri, dst_path=str(tmp_path), tracking_uri=trained_run.tracking_uri))
+    local = Path(download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path)))
     logged = {path.name for path in local.iterdir()}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "vocab.json"} <= logged
     assert {"tokenizer_config.json", "broadclass.json", "README.md"} <= logged

@@ -170,7 +170,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
 
 
 def load_exported(folder: str | Path) -> TrainedModel:
-    """A folder written by ``broadclass.export`` (or downloaded from a run's ``model/`` artifact)."""
+    """A folder written by ``broadclass.export`` (or downloaded from a run's logged model)."""
     folder = Path(folder)
     metadata_file = folder / METADATA_FILE
     if not metadata_file.is_file():
@@ -187,11 +187,26 @@ def load_exported(folder: str | Path) -> TrainedModel:
     return TrainedModel(module.eval(), metadata, str(folder), card)
 
 
+def model_location(client: Any, uri: str) -> str:
+    """Where the artifacts of ``models:/<model id>``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
+    are, read from ``client``'s store (MLflow's own resolution of ``models:/`` uses the process-wide store)."""
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        version = client.get_model_version_by_alias(*ref.split("@", 1))
+    elif "/" in ref:
+        version = client.get_model_version(*ref.split("/", 1))
+    else:
+        return client.get_logged_model(ref).artifact_location
+    if version.model_id:
+        return client.get_logged_model(version.model_id).artifact_location
+    return client.get_model_version_download_uri(version.name, version.version)
+
+
 def download_run_model(run: str, destination: str | Path, tracking_uri: str | None = None) -> tuple[str, Path]:
     """The exported model of an MLflow run (given by id or name), or a ``models:/…`` URI: where it came
     from and its local folder. A run's model is its newest logged model (``model/`` artifact for older runs)."""
     # Imported here: MLflow is only needed for a run, and costs seconds to import.
-    import mlflow
+    from mlflow.artifacts import download_artifacts
     from mlflow.entities import LoggedModelStatus
     from mlflow.exceptions import MlflowException
 
@@ -200,7 +215,8 @@ def download_run_model(run: str, destination: str | Path, tracking_uri: str | No
     uri = tracking_uri or default_tracking_uri()
     if run.startswith("models:/"):
         try:
-            return run, Path(mlflow.artifacts.download_artifacts(run, dst_path=str(destination), tracking_uri=uri))
+            location = model_location(open_store(uri), run)
+            return run, Path(download_artifacts(artifact_uri=location, dst_path=str(destination), tracking_uri=uri))
         except (MlflowException, OSError) as err:
             raise ModelLoadError(f"model={run}: not found in {uri}: {err}") from None
     try:
@@ -214,7 +230,9 @@ def download_run_model(run: str, destination: str | Path, tracking_uri: str | No
     try:
         if ready:
             newest = max(ready, key=lambda m: m.creation_timestamp)
-            folder = mlflow.artifacts.download_artifacts(newest.model_uri, dst_path=str(destination), tracking_uri=uri)
+            folder = download_artifacts(
+                artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri
+            )
             return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
         return f"MLflow run {run_id}", Path(client.download_artifacts(run_id, RUN_ARTIFACT, str(destination)))
     except (MlflowException, OSError) as err:
