@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mlflow
 import pytest
 import soundfile as sf
 from hydra.utils import instantiate
@@ -136,8 +137,14 @@ def test_a_registered_logged_model_loads_by_name_and_version(trained_run, export
     client = MlflowClient(trained_run.tracking_uri)
     (output,) = client.get_run(trained_run.run_id).outputs.model_outputs
     name = f"broadclass-test-{output.model_id[-6:]}"
-    client.create_registered_model(name)
-    version = client.create_model_version(name, f"models:/{output.model_id}", model_id=output.model_id).version
+    # As a user registers it (mlflow.register_model, the process-wide store): MLflow 3.17's SQL registry looks
+    # the logged model up there whatever the client's store, and another test's training may have moved it.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(trained_run.tracking_uri)
+    try:
+        version = mlflow.register_model(f"models:/{output.model_id}", name).version
+    finally:
+        mlflow.set_tracking_uri(previous)
     trained = load_model(f"models:/{name}/{version}", tracking_uri=trained_run.tracking_uri)
     assert trained.source == f"models:/{name}/{version}"
     original = load_file(exported / "model.safetensors")
