@@ -5,16 +5,17 @@
 The Hydra overrides are the ones our run gets, composed with our config tree, so both systems see the
 same manifests, the same 16 kHz audio (our audio cache), the same token ids, the same network config
 and initial weights (same seed), batch size, optimizer (AdamW with our betas, eps and weight decay),
-learning-rate schedule (linear warm-up and decay), gradient clipping, precision (``16-mixed`` → ``fp16``,
-``bf16-mixed`` → ``bf16``), dataloader workers, number of optimizer steps and validation interval.
+learning-rate schedule (linear warm-up and decay), gradient clipping, gradient checkpointing, precision
+(``16-mixed`` → ``fp16``, ``bf16-mixed`` → ``bf16``), dataloader workers, number of optimizer steps and
+validation interval.
 
 The recipe's own parts are kept: a ``Wav2Vec2Processor`` (feature extractor normalising each utterance,
 CTC tokenizer), a padding collator, ``train_sampling_strategy="group_by_length"`` (transformers 5.x's
 name for ``group_by_length=True``), evaluation through ``Trainer.evaluate`` with ``compute_metrics``
 (greedy decode, WER with jiwer, category vote and scikit-learn's classification report), MLflow
-logging (``report_to="mlflow"``) and a checkpoint at the evaluation step. One help it gets: utterance
-lengths for the length-grouped samplers come from the manifest, as a ``datasets`` length column
-would give them, instead of the Trainer reading every utterance's audio to measure it.
+logging (``report_to="mlflow"``, or none where ours logs to CSV) and a checkpoint at the evaluation step.
+One help it gets: utterance lengths for the length-grouped samplers come from the manifest, as a
+``datasets`` length column would give them, instead of the Trainer reading every utterance's audio to measure it.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ class MeasuredTrainer(Trainer):
         self.record, self.record_path, self.sample_rate = record, record_path, sample_rate
 
     def train(self, *args, **kwargs):
-        self.record.start_fit()
+        self.record.start_fit(self.accelerator.scaler)
         result = super().train(*args, **kwargs)
-        self.record.end_fit(self.record_path)
+        self.record.end_fit(self.record_path, self.accelerator.scaler)
         return result
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -220,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         warmup_steps=int(model_cfg.warmup_steps),
         lr_scheduler_type="linear",
         max_grad_norm=float(trainer_cfg.gradient_clip_val or 0.0),
+        gradient_checkpointing=bool(model_cfg.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # as ours (broadclass.model.module)
         train_sampling_strategy="group_by_length",
         eval_strategy="steps",
         eval_steps=eval_every,
@@ -227,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         save_steps=eval_every,
         save_total_limit=1,
         logging_steps=int(trainer_cfg.log_every_n_steps),
-        report_to=["mlflow"],
+        # Logged where ours logs: MLflow, or nowhere when ours runs with logger=csv (no MLflow installed).
+        report_to=["mlflow"] if "mlflow" in cfg.logger else "none",
         dataloader_num_workers=int(data.num_workers),
         seed=int(cfg.seed),
         use_cpu=not torch.cuda.is_available(),

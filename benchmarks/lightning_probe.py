@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from benchmarks.probe import Record
+from broadclass.model.guard import loss_scaler
 
 
 class ThroughputProbe(pl.Callback):
@@ -24,7 +25,7 @@ class ThroughputProbe(pl.Callback):
         dataset = trainer.datamodule.datasets["train"]
         self.durations = {row["id"]: row["duration"] for row in dataset.rows}
         self.last_step = trainer.global_step
-        self.record.start_fit()
+        self.record.start_fit(loss_scaler(trainer))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -52,7 +53,7 @@ class ThroughputProbe(pl.Callback):
         self.record.end_validation()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.record.end_fit(self.out)
+        self.record.end_fit(self.out, loss_scaler(trainer))
 
 
 class PhaseProfile(pl.Callback):

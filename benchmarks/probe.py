@@ -31,6 +31,10 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
+def _scale(scaler: torch.amp.GradScaler | None) -> float | None:
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+
+
 @dataclass
 class Record:
     system: str
@@ -49,14 +53,20 @@ class Record:
     peak_rss_mb_training: float = float("nan")
     peak_rss_mb_validation: float = float("nan")
     peak_gpu_mb: float | None = None
+    # The fp16 loss scaler's scale at the start and the end of the fit (None without a scaler): read only at
+    # the two edges, so no per-step host sync. Within a scaler's growth interval (2,000 steps by default, in
+    # torch and accelerate alike) the scale only halves, once per overflow step: overflows = log2(start / end).
+    loss_scale_start: float | None = None
+    loss_scale_end: float | None = None
     device: str = ""
     _pending_audio_s: float = 0.0
     _validation_start: float = float("nan")
     _validation_cpu: float = float("nan")
     _validation_utterances: int = 0
 
-    def start_fit(self) -> None:
+    def start_fit(self, scaler: torch.amp.GradScaler | None = None) -> None:
         self.device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        self.loss_scale_start = _scale(scaler)
         self.fit_start = time.time()
 
     def add_audio(self, seconds: float) -> None:
@@ -95,9 +105,10 @@ class Record:
         )
         self.peak_rss_mb_validation = peak_rss_mb()
 
-    def end_fit(self, out: str | Path) -> None:
+    def end_fit(self, out: str | Path, scaler: torch.amp.GradScaler | None = None) -> None:
         synchronize()
         self.fit_end = time.time()
+        self.loss_scale_end = _scale(scaler)
         self.peak_rss_mb = peak_rss_mb()
         if torch.cuda.is_available():
             self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20

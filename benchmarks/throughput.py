@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,31 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "experiments" / "throughput"
 
-# facebook/wav2vec2-large-xlsr-53's architecture (its config.json), built with random weights.
-XLSR53_ARCHITECTURE = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "intermediate_size": 4096,
-    "conv_dim": "[512,512,512,512,512,512,512]",
-    "conv_stride": "[5,2,2,2,2,2,2]",
-    "conv_kernel": "[10,3,3,3,3,2,2]",
-    "conv_bias": "true",
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": "true",
-    "feat_extract_activation": "gelu",
-    "hidden_act": "gelu",
-    "num_conv_pos_embeddings": 128,
-    "num_conv_pos_embedding_groups": 16,
-}
 PRESETS = {
     "tiny": ["+experiment=demo"],
-    "xlsr53": [
-        "model=xlsr53",
-        "model.pretrained=null",
-        "trainer.max_epochs=-1",
-        *(f"++model.config.{key}={value}" for key, value in XLSR53_ARCHITECTURE.items()),
-    ],
+    # facebook/wav2vec2-large-xlsr-53's architecture at full size, random weights (conf/model/xlsr53_random.yaml).
+    "xlsr53": ["model=xlsr53_random", "trainer.max_epochs=-1"],
 }
 # Dense fp16/bf16 tensor-core peak of the cards a session may be lent, for model FLOP utilization.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
@@ -82,6 +62,7 @@ FIGURES = [
     ("peak_rss_mb_training", "peak RSS by the end of the last step (MiB)", False, None),
     ("peak_rss_mb_validation", "peak RSS by the end of validation (MiB)", False, None),
     ("peak_gpu_mb", "peak CUDA memory allocated (MiB)", False, None),
+    ("overflow_steps", "fp16 overflow steps (loss scale halvings)", False, None),
     ("startup_s", "process start to fit start (s)", False, None),
     ("fit_s", "fit wall time, all steps + validation (s)", False, None),
 ]
@@ -124,6 +105,10 @@ def command(system: str, shared: list[str], work: Path, rep: int, warmup: int, s
             *shared,
         ]
     probe = "+callbacks.throughput_probe"
+    store = [
+        f"logger.mlflow.tracking_uri=sqlite:///{work / 'ours-mlflow.db'}",
+        f"logger.mlflow.artifact_location={work / 'ours-mlruns'}",
+    ]
     return [
         sys.executable,
         "-m",
@@ -131,8 +116,7 @@ def command(system: str, shared: list[str], work: Path, rep: int, warmup: int, s
         *shared,
         "test_after_fit=false",
         f"hydra.run.dir={work / f'ours-{rep}'}",
-        f"logger.mlflow.tracking_uri=sqlite:///{work / 'ours-mlflow.db'}",
-        f"logger.mlflow.artifact_location={work / 'ours-mlruns'}",
+        *([] if "logger=csv" in shared else store),
         f"{probe}._target_=benchmarks.lightning_probe.ThroughputProbe",
         f"{probe}.out={record}",
         f"{probe}.warmup_steps={warmup}",
@@ -185,6 +169,9 @@ def figures(run: dict) -> dict[str, float | None]:
         "peak_rss_mb_training": rec["peak_rss_mb_training"],
         "peak_rss_mb_validation": rec["peak_rss_mb_validation"],
         "peak_gpu_mb": rec["peak_gpu_mb"],
+        "overflow_steps": (
+            math.log2(rec["loss_scale_start"] / rec["loss_scale_end"]) if rec.get("loss_scale_start") else None
+        ),
         "startup_s": rec["fit_start"] - run["launch"],
         "fit_s": rec["fit_end"] - rec["fit_start"],
     }
@@ -205,7 +192,7 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
         if not ours or not theirs:
             continue
         ratios = [rep["ours"][key] / rep["theirs"][key] for rep in by_rep.values() if rep["theirs"][key]]
-        summary[key] = {"ours": spread(ours), "theirs": spread(theirs), "ratio": spread(ratios)}
+        summary[key] = {"ours": spread(ours), "theirs": spread(theirs), "ratio": spread(ratios) if ratios else None}
     return summary
 
 
@@ -314,13 +301,56 @@ def table(summary: dict[str, dict]) -> str:
             f"{fmt(row[side]['median'], key)} [{fmt(row[side]['min'], key)}–{fmt(row[side]['max'], key)}]"
             for side in ("ours", "theirs")
         ]
-        cells.append(f"{row['ratio']['median']:.2f} [{row['ratio']['min']:.2f}–{row['ratio']['max']:.2f}]")
+        ratio = row["ratio"]
+        cells.append(f"{ratio['median']:.2f} [{ratio['min']:.2f}–{ratio['max']:.2f}]" if ratio else "–")
         goal = ""
-        if target is not None:
+        if target is not None and ratio:
             met = row["ratio"]["median"] >= target if higher else row["ratio"]["median"] <= target
             goal = f"{'≥' if higher else '≤'} {target:.2f} {'✓' if met else '✗'}"
         lines.append(f"| {label} | {' | '.join(cells)} | {goal} |")
     return "\n".join(lines)
+
+
+def compare(
+    shared: list[str], work: Path, reps: int, warmup: int, steps: int, threads: int | None, systems: list[str]
+) -> dict:
+    """Each system's runs, alternating order per repetition, and their summary (medians, ratios)."""
+    runs = []
+    for rep in range(reps):
+        order = systems if rep % 2 == 0 else systems[::-1]
+        for system in order:
+            print(f"[bench] rep {rep + 1}/{reps}: {system} ...", flush=True)
+            run = launch(system, command(system, shared, work, rep, warmup, steps), work, rep, threads)
+            run["figures"] = figures(run)
+            f = run["figures"]
+            print(
+                f"[bench]   {f['train_audio_s_per_s']:.1f} audio-s/s, {f['train_s_per_step']:.3f} s/step, "
+                f"validation {f['val_s_per_100_utts']:.2f} s/100 utt, peak RSS {f['peak_rss_mb']:.0f} MiB, "
+                f"start {f['startup_s']:.1f} s (load avg {run['load_avg_1min']:.1f})",
+                flush=True,
+            )
+            runs.append(run)
+    summary = summarize(runs) if set(systems) == {"ours", "theirs"} else {}
+    return {"machine": machine(), "summary": summary, "runs": runs}
+
+
+def add_model_flop_utilization(result: dict, shared: list[str], given_peak_tflops: float | None) -> None:
+    """On a GPU: training FLOPs per audio second times each system's throughput, over the card's peak."""
+    summary, runs = result["summary"], result["runs"]
+    if not result["machine"]["gpu"] or "train_audio_s_per_s" not in summary:
+        return
+    batch = int(next((o.split("=", 1)[1] for o in shared if o.startswith("data.batch_size=")), 8))
+    durations = [d for run in runs[:1] for d in run["record"]["step_audio_s"]]
+    per_audio_s = train_flops_per_audio_second(shared, statistics.median(durations) / batch, batch)
+    peak = peak_tflops(result["machine"]["gpu"], given_peak_tflops)
+    result["mfu"] = {
+        "train_flops_per_audio_s": per_audio_s,
+        "peak_tflops": peak,
+        **{
+            system: (summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None)
+            for system in ("ours", "theirs")
+        },
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -374,32 +404,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"trainer.max_steps={args.steps}",
         f"val_every_n_optimizer_steps={args.steps}",
     ]
-    info = machine()
     if args.profile:
         profile(args, shared, work)
         return
-    systems = args.systems.split(",")
-    runs = []
-    for rep in range(args.reps):
-        order = systems if rep % 2 == 0 else systems[::-1]
-        for system in order:
-            print(f"[bench] rep {rep + 1}/{args.reps}: {system} ...", flush=True)
-            run = launch(system, command(system, shared, work, rep, args.warmup, args.steps), work, rep, args.threads)
-            run["figures"] = figures(run)
-            f = run["figures"]
-            print(
-                f"[bench]   {f['train_audio_s_per_s']:.1f} audio-s/s, {f['train_s_per_step']:.3f} s/step, "
-                f"validation {f['val_s_per_100_utts']:.2f} s/100 utt, peak RSS {f['peak_rss_mb']:.0f} MiB, "
-                f"start {f['startup_s']:.1f} s (load avg {run['load_avg_1min']:.1f})",
-                flush=True,
-            )
-            runs.append(run)
-    summary = summarize(runs) if set(systems) == {"ours", "theirs"} else {}
-    result = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
-        "date_utc": stamp,
-        "machine": info,
-        "settings": {
+    result = compare(shared, work, args.reps, args.warmup, args.steps, args.threads, args.systems.split(","))
+    result.update(
+        command=" ".join([Path(sys.executable).name, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
+        date_utc=stamp,
+        settings={
             "model": args.model,
             "steps": args.steps,
             "warmup": args.warmup,
@@ -407,30 +419,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "threads": args.threads,
             "overrides": shared,
         },
-        "summary": summary,
-        "runs": runs,
-        "work_dir": str(work),
-    }
-    if info["gpu"] and "train_audio_s_per_s" in summary:
-        batch = int(next((o.split("=", 1)[1] for o in shared if o.startswith("data.batch_size=")), 8))
-        durations = [d for run in runs[:1] for d in run["record"]["step_audio_s"]]
-        per_audio_s = train_flops_per_audio_second(shared, statistics.median(durations) / batch, batch)
-        peak = peak_tflops(info["gpu"], args.peak_tflops)
-        result["mfu"] = {
-            "train_flops_per_audio_s": per_audio_s,
-            "peak_tflops": peak,
-            **{
-                system: (
-                    summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None
-                )
-                for system in ("ours", "theirs")
-            },
-        }
+        work_dir=str(work),
+    )
+    add_model_flop_utilization(result, shared, args.peak_tflops)
+    summary = result["summary"]
     if summary:
         print(table(summary))
     if "mfu" in result:
         print(f"model FLOP utilization: {json.dumps(result['mfu'])}")
-    out = args.out or RESULTS_DIR / f"{args.model}-{'cuda' if info['gpu'] else 'cpu'}.json"
+    out = args.out or RESULTS_DIR / f"{args.model}-{'cuda' if result['machine']['gpu'] else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"[bench] wrote {out} (logs and stores in {work})")

@@ -32,6 +32,7 @@ def register_resolvers() -> None:
     for name, fn in {
         "bc.root": _project_root,
         "bc.mul": lambda a, b: int(a) * int(b),
+        "bc.positive": lambda value: float(value or 0) > 0,
         "bc.mixed_precision": _mixed_precision,
     }.items():
         if not OmegaConf.has_resolver(name):
@@ -69,6 +70,7 @@ class ModelSchema:
     decision_rule: str = "posterior"
     category_head_weight: float = 0.0
     ctc_loss_reduction: str = "mean"
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -7,12 +7,21 @@ then train with ``paths.sets_dir=<that folder>``). SOURCE is one of:
   to the manifest's folder), ``phones`` (phone units separated by spaces, ``|`` between words),
   ``category`` and ``speaker``; optional ``id`` (default ``<speaker>-<audio file stem>``) and ``text``.
   With ``--category-map`` the category may come from the speaker instead of a column.
+* a HuggingFace ``datasets`` dataset: a ``save_to_disk`` folder, parquet or arrow files, or a hub id
+  (:mod:`broadclass.data.hf_datasets`). Its audio (``Audio`` bytes or paths, or arrays) is written to
+  ``OUT/audio/``. ``--keep-splits`` makes one set of its own train/validation(/test) splits instead of
+  speaker folds (no speaker column needed then).
 * a TIMIT-style folder: every ``<utt>.phn`` (lines ``start end phone``) with its audio beside it
   (``<utt>.wav``, ``<utt>.WAV`` or ``<utt>.WAV.wav``); the speaker is the folder holding them. A
   ``<utt>.wrd`` beside it (TIMIT's word alignment) puts ``|`` between the words' phones. The category
   comes from ``--category-map`` (CSV ``speaker,category`` or a JSON object speaker → category) or from
   ``--category-level N``: the name of the folder N levels above the audio file (1 = the speaker's
   folder, 2 = its parent, e.g. TIMIT's dialect region ``dr1``).
+
+Columns of a table or dataset (:mod:`broadclass.data.sources`): ``--columns audio=path,phones=transcript,
+category=emotion,speaker=spk`` names them; without it common names are recognised (``audio``, ``path``,
+``file``, ``wav``, ``text``, ``transcription``, ``label``, ``speaker_id`` …). ``--phonemize <eSpeak
+voice>`` turns an orthographic ``text`` column into IPA phones (:mod:`broadclass.data.phonemize`).
 
 Sets are folds of speakers, as in k-fold cross-validation: the speakers are dealt into k folds and set i
 validates on fold i and trains on the other k - 1, so every speaker is validated on exactly once and no
@@ -29,6 +38,12 @@ Output::
     OUT/set<i>/validation.jsonl        durations read from the audio headers)
     OUT/set<i>/test.jsonl              with --test-share
     OUT/set<i>/summary.md, .json       speakers, utterances, hours and utterances per category, per split
+    OUT/audio/                         a dataset's audio, one file per utterance id
+
+Every problem of every row (columns, fields, audio, phones eSpeak cannot say, phones with no broad
+class) is collected and raised as one :class:`PrepareError` before anything is written; each file is
+then replaced atomically. From the shell: the report and exit status 1, a traceback only with
+``--debug`` (or ``HYDRA_FULL_ERROR=1``).
 
 The same arguments give byte-identical files; a rerun with fewer sets removes the extra set folders it
 made before. ``locate_set`` is the data config's ``prepare`` step for one set (``conf/data/onset.yaml``).
@@ -42,32 +57,28 @@ import json
 import os
 import random
 import shutil
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import soundfile as sf
 
-from broadclass.data.manifest import jsonl_rows, write_manifest
+from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_source
+from broadclass.data.labels import UnknownPhoneError
+from broadclass.data.manifest import ManifestError, write_manifest, write_text_atomic
+from broadclass.data.sources import CorpusError, parse_columns, raise_listed, read_table_source
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1
 FORMAT_VERSION = 1
 LABELS_DIR = Path(__file__).resolve().parent / "conf" / "labels"
-MAX_LISTED = 20
 # Where paths.sets_dir points by default (conf/paths/default.yaml): <project>/data/sets.
 DEFAULT_OUT = Path(os.environ.get("BROADCLASS_ROOT") or ".") / "data" / "sets"
+DEFAULT_SETS = 5
 
-
-class PrepareError(ValueError):
-    """A corpus that cannot be split into sets; the message names the rows or files."""
-
-
-def _raise_listed(problems: Sequence[str], what: str) -> None:
-    if problems:
-        listed = "\n".join(f"  {p}" for p in problems[:MAX_LISTED])
-        more = f"\n  … and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise PrepareError(f"{len(problems)} {what}:\n{listed}{more}")
+# Every error about the corpus prepare reads: one exception naming every bad row or file.
+PrepareError = CorpusError
 
 
 # ---- reading a corpus ------------------------------------------------------------------------------
@@ -89,55 +100,6 @@ def load_category_map(path: str | Path) -> dict[str, str]:
         if not {"speaker", "category"} <= set(reader.fieldnames or []):
             raise PrepareError(f"{path}: needs a header row with columns speaker,category; got {reader.fieldnames}")
         return {row["speaker"]: row["category"] for row in reader}
-
-
-def _manifest_records(path: Path) -> Iterable[tuple[int, dict]]:
-    """(line number, row) of a JSONL or CSV file."""
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-        return
-    yield from jsonl_rows(path, PrepareError)
-
-
-def read_manifest_source(path: str | Path, category_map: Mapping[str, str] | None = None) -> list[dict]:
-    """Rows of a JSONL/CSV corpus manifest, audio paths absolute, each with ``_source`` = ``file:line``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PrepareError(f"corpus manifest not found: {path}")
-    required = ("audio_filepath", "phones", "speaker") + (() if category_map else ("category",))
-    rows, problems = [], []
-    for line_no, record in _manifest_records(path):
-        source = f"{path}:{line_no}"
-        missing = [key for key in required if not str(record.get(key) or "").strip()]
-        if missing:
-            problems.append(f"{source}: missing or empty {', '.join(missing)}")
-            continue
-        speaker = str(record["speaker"]).strip()
-        if category_map is not None:
-            if speaker not in category_map:
-                problems.append(f"{source}: speaker {speaker!r} is not in the category map")
-                continue
-            record["category"] = category_map[speaker]
-        audio = Path(str(record["audio_filepath"]))
-        audio = audio if audio.is_absolute() else path.parent / audio
-        row = {
-            "id": str(record.get("id") or f"{speaker}-{audio.stem}"),
-            "audio_filepath": str(audio.resolve()),
-            "phones": " ".join(str(record["phones"]).split()),
-            "category": str(record["category"]).strip(),
-            "speaker": speaker,
-            "_source": source,
-        }
-        if record.get("text"):
-            row["text"] = str(record["text"])
-        rows.append(row)
-    _raise_listed(problems, "row(s) cannot be used")
-    if not rows:
-        raise PrepareError(f"corpus manifest has no rows: {path}")
-    return rows
 
 
 def _timit_audio(phn: Path) -> Path | None:
@@ -224,23 +186,42 @@ def read_timit_source(
                 "_source": str(phn),
             }
         )
-    _raise_listed(problems, "utterance(s) cannot be used")
+    raise_listed(problems, "utterance(s) cannot be used")
     return rows
 
 
 def read_source(
-    source: str | Path, category_map: Mapping[str, str] | None = None, category_level: int | None = None
-) -> list[dict]:
-    source = Path(source)
-    if source.is_dir():
-        return read_timit_source(source, category_map, category_level)
+    source: str | Path,
+    category_map: Mapping[str, str] | None = None,
+    category_level: int | None = None,
+    columns: Mapping[str, str] | None = None,
+    keep_splits: bool = False,
+    text_for_phones: bool = False,
+) -> tuple[list[dict], list[str], DatasetSource | None]:
+    """The usable rows of any source, a problem for each row that is not, and the ``datasets`` source
+    whose audio is still to be written (or None)."""
+    columns = dict(columns or {})
+    if is_datasets_source(source):
+        if category_level is not None:
+            raise PrepareError("--category-level applies to a TIMIT-style folder, not to a dataset")
+        required = ["audio", "text" if text_for_phones else "phones"]
+        required += [] if category_map is not None else ["category"]
+        required += [] if keep_splits else ["speaker"]
+        dataset = DatasetSource(source, columns, required, keep_splits, category_map)
+        return *dataset.rows(), dataset
+    if keep_splits:
+        raise PrepareError("--keep-splits applies to a HuggingFace dataset (its splits), not to this source")
+    if Path(source).is_dir():
+        if columns or text_for_phones:
+            raise PrepareError("--columns and --phonemize apply to tables and datasets, not to a TIMIT-style folder")
+        return read_timit_source(source, category_map, category_level), [], None
     if category_level is not None:
         raise PrepareError("--category-level applies to a TIMIT-style folder, not to a manifest")
-    return read_manifest_source(source, category_map)
+    return *read_table_source(source, columns, category_map, text_for_phones), None
 
 
-def check_rows(rows: Sequence[dict]) -> None:
-    """Unique ids and a transcription on every row; raises one error listing every problem."""
+def row_problems(rows: Sequence[dict]) -> list[str]:
+    """Ids used twice and rows with no phones."""
     first: dict[str, str] = {}
     problems = []
     for row in rows:
@@ -249,13 +230,16 @@ def check_rows(rows: Sequence[dict]) -> None:
         first.setdefault(row["id"], row["_source"])
         if not row["phones"].replace("|", "").strip():
             problems.append(f"{row['_source']}: no phones")
-    _raise_listed(problems, "row(s) cannot be used")
+    return problems
 
 
-def add_durations(rows: Sequence[dict]) -> None:
-    """Set each row's ``duration`` (seconds) from its audio header; one error lists every bad file."""
+def add_durations(rows: Sequence[dict]) -> list[str]:
+    """Set each row's ``duration`` (seconds) from its audio header, where it has none yet; returns a
+    problem for every audio file that cannot be used."""
     problems = []
     for row in rows:
+        if "duration" in row:
+            continue
         path = Path(row["audio_filepath"])
         if not path.is_file():
             problems.append(f"{row['_source']}: audio file not found: {path}")
@@ -269,11 +253,11 @@ def add_durations(rows: Sequence[dict]) -> None:
             problems.append(f"{row['_source']}: audio file has no samples: {path}")
             continue
         row["duration"] = round(info.frames / info.samplerate, 6)
-    _raise_listed(problems, "audio file(s) cannot be used")
+    return problems
 
 
-def check_labels(rows: Sequence[dict], labels: str) -> None:
-    """Every phone has a broad class in ``labels`` (a name in conf/labels/ or a YAML path)."""
+def label_problems(rows: Sequence[dict], labels: str) -> list[str]:
+    """Every phone with no broad class in ``labels`` (a name in conf/labels/ or a YAML path), with its rows."""
     from omegaconf import OmegaConf
 
     from broadclass.data.labels import LabelMap
@@ -282,9 +266,17 @@ def check_labels(rows: Sequence[dict], labels: str) -> None:
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in LABELS_DIR.glob("*.yaml")))
         raise PrepareError(f"label config not found: {path} (names: {choices})")
-    names = sorted({row["category"] for row in rows})
+    names = sorted({row["category"] for row in rows}) or ["none"]
     label_map = LabelMap.from_config(OmegaConf.load(path), [{"name": n, "tag": str(i)} for i, n in enumerate(names)])
-    label_map.check((row["_source"], row["phones"]) for row in rows)
+    try:
+        label_map.check((row["_source"], row["phones"]) for row in rows)
+    except UnknownPhoneError as err:
+        return [
+            f"phone {phone!r} has no broad class in {path.name}, in {len(sources)} row(s): {', '.join(sources[:5])}"
+            + (" …" if len(sources) > 5 else "")
+            for phone, sources in sorted(err.unknown.items())
+        ]
+    return []
 
 
 # ---- folds -----------------------------------------------------------------------------------------
@@ -336,7 +328,7 @@ def split_set(rows: Sequence[dict], folds: Mapping[str, int], index: int) -> dic
 def summarize(splits: Mapping[str, Sequence[dict]], categories: Sequence[str]) -> dict:
     return {
         split: {
-            "speakers": len({row["speaker"] for row in split_rows}),
+            "speakers": len({row["speaker"] for row in split_rows if "speaker" in row}),
             "utterances": len(split_rows),
             "hours": round(sum(row["duration"] for row in split_rows) / 3600, 4),
             "categories": {name: sum(row["category"] == name for row in split_rows) for name in categories},
@@ -368,64 +360,113 @@ def suggest_tags(names: Sequence[str]) -> dict[str, str]:
 
 
 # ---- writing sets ----------------------------------------------------------------------------------
-def write_sets(
-    rows: Sequence[dict], folds: Mapping[str, int], out: str | Path, n_sets: int, spec: Mapping[str, object]
-) -> dict[str, dict]:
-    """Write every set folder and ``sets.json``; returns each set's summary."""
-    out = Path(out)
+def check_out_folder(out: Path) -> int:
+    """The number of sets ``out`` holds from an earlier run; refuses a non-empty folder it did not make."""
     previous = out / "sets.json"
     if out.is_dir() and any(out.iterdir()) and not previous.is_file():
         raise PrepareError(f"{out} is not empty and has no sets.json: not a sets folder made by this tool")
-    old_sets = json.loads(previous.read_text(encoding="utf-8")).get("sets", 0) if previous.is_file() else 0
-    categories = sorted({row["category"] for row in rows})
+    return json.loads(previous.read_text(encoding="utf-8")).get("sets", 0) if previous.is_file() else 0
+
+
+def write_sets(
+    sets: Sequence[Mapping[str, Sequence[dict]]],
+    out: str | Path,
+    spec: Mapping[str, object],
+    old_sets: int = 0,
+    note: str = "",
+) -> dict[str, dict]:
+    """Write every set folder (``sets[i]``: split → rows) and ``sets.json``; returns each set's summary.
+
+    ``old_sets``: how many sets an earlier run left (:func:`check_out_folder`), the extra ones are
+    removed. ``note``: a line for each summary.md under its table (where the phones came from)."""
+    out = Path(out)
+    categories = sorted({row["category"] for splits in sets for rows in splits.values() for row in rows})
     summaries = {}
-    for index in range(n_sets):
+    for index, splits in enumerate(sets):
         set_name = f"set{index + 1}"
         folder = out / set_name
-        splits = split_set(rows, folds, index)
         for split in SPLITS:
             if split in splits:
                 write_manifest(folder / f"{split}.jsonl", splits[split])
             else:
                 (folder / f"{split}.jsonl").unlink(missing_ok=True)
         summary = summarize(splits, categories)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        (folder / "summary.md").write_text(format_summary(set_name, summary), encoding="utf-8")
+        write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(folder / "summary.md", format_summary(set_name, summary) + (f"\n{note}\n" if note else ""))
         summaries[set_name] = summary
-    for index in range(n_sets, old_sets):
+    for index in range(len(sets), old_sets):
         shutil.rmtree(out / f"set{index + 1}", ignore_errors=True)
-    payload = {**spec, "sets": n_sets, "speakers": dict(sorted(folds.items()))}
-    previous.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    payload = {**spec, "sets": len(sets)}
+    write_text_atomic(out / "sets.json", json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
     return summaries
 
 
 def prepare_sets(
     source: str | Path,
     out: str | Path,
-    n_sets: int = 5,
+    n_sets: int | None = None,
     seed: int = 0,
     test_share: float = 0.0,
     category_map: str | Path | None = None,
     category_level: int | None = None,
     labels: str | None = None,
+    columns: str | Mapping[str, str] | None = None,
+    phonemize: str | None = None,
+    keep_splits: bool = False,
 ) -> dict[str, dict]:
-    """Read, check and split a corpus into ``out/set1`` … ``out/set<n_sets>``; returns the summaries."""
+    """Read, check and split a corpus into ``out/set1`` … ``out/set<n_sets>``; returns the summaries.
+
+    Nothing is written until every row has passed every check; then each file is replaced atomically.
+    ``columns``: field → column name (or ``audio=path,phones=…``); ``phonemize``: an eSpeak voice that
+    turns the text column into IPA phones (labels default to ``ipa`` then); ``keep_splits``: one set
+    with the dataset's own train/validation/test splits instead of speaker folds."""
+    out = Path(out)
+    if keep_splits and n_sets not in (None, 1):
+        raise PrepareError(f"--keep-splits makes one set from the dataset's splits, not {n_sets}: drop --sets")
+    if keep_splits and test_share:
+        raise PrepareError("--keep-splits keeps the dataset's own test split: drop --test-share")
+    n_sets = 1 if keep_splits else n_sets or DEFAULT_SETS
+    old_sets = check_out_folder(out)
     mapping = load_category_map(category_map) if category_map else None
-    rows = read_source(source, mapping, category_level)
-    check_rows(rows)
+    chosen = parse_columns(columns) if isinstance(columns, str) else dict(columns or {})
+    rows, problems, dataset = read_source(source, mapping, category_level, chosen, keep_splits, phonemize is not None)
+    phonemes = None
+    if phonemize:
+        from broadclass.data.phonemize import phonemize_rows
+
+        phonemes, unsayable = phonemize_rows(rows, phonemize)
+        problems += unsayable
+        labels = labels or "ipa"
+    problems += row_problems(rows)
     if labels:
-        check_labels(rows, labels)
-    add_durations(rows)
-    folds = assign_folds(rows, n_sets, seed, test_share)
+        problems += label_problems(rows, labels)
+    problems += add_durations(rows)
+    raise_listed(problems, "row(s) cannot be used")
+
+    if keep_splits:
+        folds = None
+        sets = [{split: kept for split in SPLITS if (kept := [row for row in rows if row["_split"] == split])}]
+    else:
+        folds = assign_folds(rows, n_sets, seed, test_share)
+        sets = [split_set(rows, folds, index) for index in range(n_sets)]
+    if dataset is not None:
+        dataset.write_audio(rows, out / AUDIO_DIR)
+    else:
+        shutil.rmtree(out / AUDIO_DIR, ignore_errors=True)  # a dataset's audio from an earlier run
     spec = {
         "version": FORMAT_VERSION,
-        "source": str(Path(source).resolve()),
+        "source": str(Path(source).resolve()) if Path(source).exists() else str(source),
         "seed": seed,
         "test_share": test_share,
         "category_map": str(Path(category_map).resolve()) if category_map else None,
         "category_level": category_level,
+        "columns": chosen,
+        "phonemes": phonemes,
+        "keep_splits": keep_splits,
     }
-    return write_sets(rows, folds, out, n_sets, spec)
+    spec |= {"speakers": dict(sorted(folds.items()))} if folds is not None else {}
+    note = f"Phones from the text by eSpeak NG {phonemes['espeak_version']}, voice {phonemize}." if phonemes else ""
+    return write_sets(sets, out, spec, old_sets, note)
 
 
 def locate_set(set_dir: str | Path, set_name: str) -> dict[str, Path]:
@@ -448,28 +489,47 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         description="Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK).",
         epilog="See the module docstring (python -m pydoc broadclass.prepare) for the input formats.",
     )
-    parser.add_argument("source", type=Path, help="a JSONL/CSV manifest or a TIMIT-style folder")
+    parser.add_argument(
+        "source", help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for set1/ … setK/ (default data/sets)")
-    parser.add_argument("--sets", type=int, default=5, help="number of sets = folds of speakers (default 5)")
+    parser.add_argument("--sets", type=int, help=f"number of sets = folds of speakers (default {DEFAULT_SETS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speaker order (default 0)")
     parser.add_argument("--test-share", type=float, default=0.0, help="share held out as a common test split")
     parser.add_argument("--category-map", type=Path, help="CSV speaker,category or JSON {speaker: category}")
     parser.add_argument("--category-level", type=int, help="TIMIT folder: category = folder N levels up")
     parser.add_argument("--labels", help="check every phone maps: ipa, arpabet, timit61 or a YAML path")
     parser.add_argument(
+        "--columns",
+        help="which column holds each field, e.g. audio=path,phones=transcript,category=emotion,speaker=spk "
+        "(fields: audio, phones, text, category, speaker, id)",
+    )
+    parser.add_argument("--phonemize", metavar="VOICE", help="phones from the text column with this eSpeak voice")
+    parser.add_argument("--keep-splits", action="store_true", help="a dataset: one set of its own splits, no folds")
+    parser.add_argument(
         "--check", action="store_true", help="then check every row as training will (broadclass.data.check)"
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     args = parser.parse_args(argv)
-    summaries = prepare_sets(
-        args.source,
-        args.out,
-        n_sets=args.sets,
-        seed=args.seed,
-        test_share=args.test_share,
-        category_map=args.category_map,
-        category_level=args.category_level,
-        labels=args.labels,
-    )
+    try:
+        summaries = prepare_sets(
+            args.source,
+            args.out,
+            n_sets=args.sets,
+            seed=args.seed,
+            test_share=args.test_share,
+            category_map=args.category_map,
+            category_level=args.category_level,
+            labels=args.labels,
+            columns=args.columns,
+            phonemize=args.phonemize,
+            keep_splits=args.keep_splits,
+        )
+    except (CorpusError, ManifestError) as err:
+        if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     for set_name, summary in summaries.items():
         print_fn(format_summary(set_name, summary))
     names = list(next(iter(next(iter(summaries.values())).values()))["categories"])
@@ -481,8 +541,8 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         from broadclass.data.check import main as check
 
         manifests = [str(path) for path in locate_set(args.out, "set1").values()]
-        labels = ["--labels", args.labels] if args.labels else []
-        if check([*manifests, f"data.categories=[{tags}]", *labels], print_fn):
+        labels = args.labels or ("ipa" if args.phonemize else None)
+        if check([*manifests, f"data.categories=[{tags}]", *(["--labels", labels] if labels else [])], print_fn):
             raise SystemExit(1)
     return summaries
 

@@ -26,7 +26,6 @@ from broadclass.tracking.mlflow_run import (
     single_run_name,
     sweep_run_name,
 )
-from broadclass.tracking.offline import check_tracking_server
 
 
 def run_tags() -> dict[str, str]:
@@ -76,12 +75,14 @@ def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     resume = find_resume_point(cfg.paths.output_dir, cfg.resume)
-    if "mlflow" in cfg.logger:  # an unreachable tracking server stops the run here, in seconds
-        check_tracking_server(cfg.logger.mlflow.tracking_uri)
+    if "mlflow" in cfg.logger:
+        # Imported only for a run that logs to MLflow: `logger=none` runs where MLflow is not installed.
+        from broadclass.tracking.offline import check_tracking_server
+
+        check_tracking_server(cfg.logger.mlflow.tracking_uri)  # an unreachable server stops the run here, in seconds
+        ensure_experiment(cfg.logger.mlflow)  # before the loggers open the store: parallel sweep jobs would race
     # A resumed run logs into its MLflow run.
     resumed_run = {"mlflow": {"run_id": resume.mlflow_run_id, "run_name": run_name(cfg)}}
-    if "mlflow" in cfg.logger:  # before the loggers open the store: parallel sweep jobs would race
-        ensure_experiment(cfg.logger.mlflow)
     loggers = [instantiate(c, **resumed_run.get(name, {})) for name, c in cfg.logger.items()]
     datamodule = instantiate(cfg.data)
     # Built as a partial: Hydra would turn a LabelMap argument into a config node.

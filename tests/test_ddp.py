@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 
 from tests.conftest import TEST_MODEL
+from tests.test_recipe import SMALL_XLSR
 from tests.test_resume import REPO, environment
 
 # Evaluation batches of 5 over 16 utterances (5, 5, 5, 1): the processes get 10 and 6 utterances, so
@@ -30,12 +31,8 @@ SHARED = [
 ]
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus, empty_mlflow_db, train_config):
-    root = tmp_path / "ddp"
-    root.mkdir()
-    shutil.copy(empty_mlflow_db, root / "mlflow.db")
-    command = [
+def ddp_command(root: Path, corpus: dict[str, Path], *overrides: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "broadclass.train",
@@ -44,14 +41,27 @@ def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         f"paths.root_dir={root}",
-        f"data.train_manifest={demo_corpus['train']}",
-        f"data.val_manifest={demo_corpus['validation']}",
+        f"data.train_manifest={corpus['train']}",
+        f"data.val_manifest={corpus['validation']}",
         "data.prepare=null",
         "trainer.enable_progress_bar=false",
-        *TEST_MODEL,
-        *SHARED,
+        *overrides,
     ]
-    done = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus, empty_mlflow_db, train_config):
+    root = tmp_path / "ddp"
+    root.mkdir()
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    done = subprocess.run(
+        ddp_command(root, demo_corpus, *TEST_MODEL, *SHARED),
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
 
@@ -75,3 +85,20 @@ def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus
     predictions = client.download_artifacts(run.info.run_id, "val/step_000004/predictions.jsonl", str(tmp_path))
     ids = [json.loads(line)["id"] for line in Path(predictions).read_text().splitlines()]
     assert sorted(ids) == sorted(row["id"] for row in datamodule.datasets["validation"].rows)
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_with_layerdrop_trains_under_ddp(tmp_path, demo_corpus, empty_mlflow_db):
+    # The recipe's layout (XLSR: layer-norm feature encoder, stable layer norm) at a small width, with
+    # checkpointing and a LayerDrop that skips a layer in about half the steps: DDP must expect unused weights.
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    overrides = [*SMALL_XLSR, "model.gradient_checkpointing=true", "model.freeze_feature_encoder=true"]
+    command = ddp_command(
+        tmp_path, demo_corpus, *overrides, *SHARED, "trainer.max_steps=6", "trainer.precision=bf16-mixed"
+    )
+    done = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["model/gradient_checkpointing"] == "True"
+    assert np.isfinite(run.data.metrics["val/loss"])

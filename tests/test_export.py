@@ -51,6 +51,7 @@ def test_export_writes_a_standard_huggingface_folder(exported, trained_run):
     tokens = load_model(trained_run.checkpoint).labels.tokens
     config = json.loads((exported / "config.json").read_text())
     assert config["architectures"] == ["Wav2Vec2ConformerForCTC"]  # model=tiny
+    assert config["ctc_loss_reduction"] == "mean"  # what training used (transformers' default is "sum")
     assert [config["id2label"][str(i)] for i in range(len(tokens))] == tokens
     assert config["label2id"] == {token: i for i, token in enumerate(tokens)}
     features = json.loads((exported / "preprocessor_config.json").read_text())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from broadclass.config import ConfigError
+from broadclass.model.encoder import is_checkpointing_activations
 from broadclass.train import train
 from tests.conftest import compose_config
 
@@ -70,3 +72,46 @@ def test_set_manifests_come_from_the_set_folder_named_by_the_experiment(tmp_path
     cfg = compose_config(tmp_path, ["+experiment=onSet3", f"paths.sets_dir={tmp_path / 'sets'}"])
     # data.prepare is what the datamodule calls in prepare_data for the manifest paths.
     assert instantiate(cfg.data.prepare)() == {s: folder / f"{s}.jsonl" for s in ("train", "validation")}
+
+
+def test_onset1_clips_as_the_hf_trainer_does_and_checkpoints_gradients(tmp_path):
+    cfg = compose_config(tmp_path, ["+experiment=onSet1"])
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm) == (1.0, "norm")  # max_grad_norm
+    assert cfg.model.gradient_checkpointing is True
+
+
+def test_onset1_with_another_model_takes_that_models_weights(tmp_path):
+    # The recipe states no model values of its own but the decision rule: model=tiny is the tiny model.
+    cfg = compose_config(tmp_path, ["+experiment=onSet1", "model=tiny"])
+    assert cfg.model.pretrained is None and cfg.model.config.model_type == "wav2vec2-conformer"
+    assert cfg.model.decision_rule == "vote"
+
+
+SMALL_XLSR = [
+    "model=xlsr53_random",
+    "model.config.hidden_size=32",
+    "model.config.num_hidden_layers=2",
+    "model.config.num_attention_heads=2",
+    "model.config.intermediate_size=64",
+    "model.config.conv_dim=[16,16,16,16,16,16,16]",
+    "model.config.num_conv_pos_embeddings=16",
+    "model.config.num_conv_pos_embedding_groups=4",
+    "model.config.layerdrop=0.5",
+]
+
+
+def test_the_recipe_network_recomputes_activations_with_layerdrop_and_a_frozen_feature_encoder(tmp_path):
+    cfg = compose_config(tmp_path, ["+experiment=onSet1", "data.categories=[{name: a, tag: a}]", *SMALL_XLSR])
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map).train()
+    assert is_checkpointing_activations(model.net)
+    assert model.net.config.do_stable_layer_norm and model.net.config.feat_extract_norm == "layer"
+    torch.manual_seed(0)
+    audio = torch.randn(2, 16_000)
+    mask = torch.ones_like(audio, dtype=torch.long)
+    mask[1, 12_000:] = 0
+    out = model(audio, mask)
+    out["logits"].float().logsumexp(-1).sum().backward()
+    encoder_grads = [p.grad for p in model.net.base_model.encoder.parameters() if p.grad is not None]
+    assert encoder_grads and all(torch.isfinite(g).all() for g in encoder_grads)
+    assert all(p.grad is None and not p.requires_grad for p in model.net.base_model.feature_extractor.parameters())

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from broadclass.data.audio import AudioCache, AudioError
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
-from broadclass.data.manifest import read_manifest
+from broadclass.data.manifest import ManifestError, listed, read_manifest
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import MLFlowLogger
@@ -300,7 +300,8 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
     parser.add_argument("items", nargs="*", help="MANIFEST paths and Hydra OVERRIDEs (key=value, +experiment=…)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     parser.add_argument("--labels", help="label config: a name in conf/labels/ or a YAML file (default: the config's)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a manifest error")
+    args = parser.parse_intermixed_args(argv)
     overrides = [item for item in args.items if "=" in item]
     manifests = {Path(item).stem: item for item in args.items if "=" not in item}
     from_file = args.labels is not None and args.labels.endswith((".yaml", ".yml"))
@@ -314,7 +315,17 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         if "conv_kernel" in conv and "conv_stride" in conv
         else EncoderGeometry()
     )
-    splits = {split: read_manifest(path) for split, path in (manifests or _config_manifests(cfg)).items()}
+    splits, unreadable = {}, []
+    for split, path in (manifests or _config_manifests(cfg)).items():
+        try:
+            splits[split] = read_manifest(path)
+        except ManifestError as err:
+            if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            unreadable += err.problems
+    if unreadable:  # every line of every manifest that is no row, before any row is checked
+        print_fn("Data check: " + listed(unreadable, "manifest problem(s), fix them first", limit=1000))
+        return 1
     report = check_splits(
         splits,
         labels,

@@ -53,6 +53,24 @@ def build_network(
     return _without_idle_parameters(network.train())
 
 
+def enable_activation_checkpointing(network: PreTrainedModel) -> None:
+    """Recompute each encoder layer's activations in backward instead of keeping them.
+
+    Non-reentrant: it works with a frozen feature encoder (inputs without gradient), LayerDrop and DDP; the
+    reentrant variant marks a parameter ready twice under DDP when layers are skipped. transformers 5.2x
+    renamed the method (``gradient_checkpointing_enable`` is its deprecated alias); older 5.x has only the
+    old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(network, "activation_checkpointing_enable"):
+        network.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        network.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_checkpointing_activations(network: PreTrainedModel) -> bool:
+    return any(getattr(module, "gradient_checkpointing", False) for module in network.modules())
+
+
 def _without_idle_parameters(network: PreTrainedModel) -> PreTrainedModel:
     """Freeze weights the forward pass never uses, so DDP does not wait for their gradients.
 

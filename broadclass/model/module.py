@@ -14,7 +14,8 @@ from broadclass.data.labels import LabelMap
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
-from broadclass.model.encoder import build_network
+from broadclass.model.encoder import build_network, enable_activation_checkpointing
+from broadclass.model.guard import loss_scaler
 
 
 class BroadClassModule(pl.LightningModule):
@@ -32,6 +33,7 @@ class BroadClassModule(pl.LightningModule):
         decision_rule: str = "posterior",
         category_head_weight: float = 0.0,
         ctc_loss_reduction: str = "mean",
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if decision_rule not in RULES:
@@ -43,9 +45,14 @@ class BroadClassModule(pl.LightningModule):
         self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names}, logger=False)
         self.labels = labels
         self.num_categories = len(labels.categories)
-        self.net = build_network(len(labels.tokens), pretrained, config)
+        # The network's own config records the reduction training uses (an export's config.json says so).
+        self.net = build_network(
+            len(labels.tokens), pretrained, {**(config or {}), "ctc_loss_reduction": ctc_loss_reduction}
+        )
         if freeze_feature_encoder:
             self.net.freeze_feature_encoder()
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.net)
         self.category_head = (
             nn.Linear(self.net.config.hidden_size, self.num_categories) if category_head_weight > 0 else None
         )
@@ -57,6 +64,7 @@ class BroadClassModule(pl.LightningModule):
         self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
         self.last_report: dict[str, Any] | None = None
+        self._optimizer_stepped = False
 
     # ---- forward and loss ------------------------------------------------------------------------
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -208,9 +216,9 @@ class BroadClassModule(pl.LightningModule):
             betas=tuple(self.hparams.betas),
             eps=self.hparams.eps,
             weight_decay=self.hparams.weight_decay,
-            # One fused kernel instead of a loop over tensors: 4x cheaper on CPU (the HF Trainer's default).
-            fused=all(p.device.type in ("cpu", "cuda") for p in params),
+            fused=self._fused_optimizer_is_valid(params),
         )
+        optimizer.register_step_post_hook(self._remember_optimizer_step)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.hparams.warmup_steps, total)
 
@@ -222,3 +230,25 @@ class BroadClassModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_optimizer_is_valid(self, params: list[nn.Parameter]) -> bool:
+        """One fused AdamW kernel (4x cheaper on CPU, the HF Trainer's default) only where Lightning allows it.
+
+        A fused optimizer unscales fp16 gradients inside its own ``step``: Lightning then skips unscaling
+        before ``on_before_optimizer_step``, so the non-finite guard would see scaled gradients, and it
+        refuses gradient clipping (which must act on unscaled gradients) with any fused optimizer."""
+        scaler = loss_scaler(self.trainer)
+        clipping = bool(self.trainer.gradient_clip_val)
+        return scaler is None and not clipping and all(p.device.type in ("cpu", "cuda") for p in params)
+
+    def _remember_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # Called only when AdamW.step ran: the fp16 loss scaler skips the call on overflow. The non-finite
+        # guard drops every gradient instead, which leaves AdamW nothing to update.
+        self._optimizer_stepped = any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # The schedule advances with the steps the optimizer took, as in the HF Trainer: a step skipped for an
+        # fp16 overflow or a non-finite loss does not move the warm-up on.
+        if self._optimizer_stepped:
+            scheduler.step()
+        self._optimizer_stepped = False

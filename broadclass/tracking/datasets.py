@@ -13,12 +13,14 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
-from mlflow.entities import Dataset, DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from broadclass.tracking.mlflow_run import mlflow_logger
+
+if TYPE_CHECKING:
+    from mlflow.entities import Dataset
 
 # The datamodule's split names, and the context MLflow shows for each.
 CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
@@ -35,6 +37,8 @@ def file_digest(path: str | Path) -> str:
 
 def manifest_dataset(path: str | Path, rows: Sequence[Mapping], categories: Sequence[str]) -> Dataset:
     """The MLflow dataset entity of one manifest and the rows of it that a run used."""
+    from mlflow.entities import Dataset
+
     path = Path(path).resolve()
     counts = Counter(row["category"] for row in rows)
     profile = {
@@ -52,13 +56,19 @@ def manifest_dataset(path: str | Path, rows: Sequence[Mapping], categories: Sequ
 
 
 class LogDatasets(pl.Callback):
-    """Logs the train and validation manifests when fit starts, the test manifest when a test starts."""
+    """Logs the train and validation manifests when fit starts, the test manifest when a test starts.
+
+    Does nothing without an MLflow logger (MLflow is imported only then: ``logger=csv`` runs without it).
+    """
 
     def _log(self, trainer: pl.Trainer, splits: Sequence[str]) -> None:
         logger = mlflow_logger(trainer.loggers)
         datamodule = trainer.datamodule
         if logger is None or not trainer.is_global_zero or datamodule is None:
             return
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
         names = datamodule.label_map.category_names
         inputs = [
             DatasetInput(

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import RunTag
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
@@ -124,6 +123,8 @@ def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap, tags:
     tags = {**{k: str(v) for k, v in locations.items()}, **tags}
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config/config.yaml")
     client.log_text(run_id, json.dumps(labels.vocab, ensure_ascii=False, indent=2), "config/vocab.json")
+    from mlflow.entities import RunTag  # here: this module is imported by runs without MLflow (logger=csv)
+
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
