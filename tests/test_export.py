@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities import LoggedModelStatus
+from mlflow.tracking._tracking_service import utils as tracking_service_utils
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -134,18 +135,15 @@ def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trai
     assert f"MLflow run `{trained_run.run_id}`" in (local / "README.md").read_text()
 
 
-def test_a_registered_logged_model_loads_by_name_and_version(trained_run, exported):
+def test_a_registered_logged_model_loads_by_name_and_version(trained_run, exported, monkeypatch):
     client = MlflowClient(trained_run.tracking_uri)
     (output,) = client.get_run(trained_run.run_id).outputs.model_outputs
     name = f"broadclass-test-{output.model_id[-6:]}"
     # As a user registers it (mlflow.register_model, the process-wide store): MLflow 3.17's SQL registry looks
     # the logged model up there whatever the client's store, and another test's training may have moved it.
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(trained_run.tracking_uri)
-    try:
-        version = mlflow.register_model(f"models:/{output.model_id}", name).version
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # Patched rather than set: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, the later tests' store.
+    monkeypatch.setattr(tracking_service_utils, "_tracking_uri", trained_run.tracking_uri)
+    version = mlflow.register_model(f"models:/{output.model_id}", name).version
     trained = load_model(f"models:/{name}/{version}", tracking_uri=trained_run.tracking_uri)
     assert trained.source == f"models:/{name}/{version}"
     original = load_file(exported / "model.safetensors")
