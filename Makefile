@@ -51,8 +51,11 @@ gpu-check: install
 	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.gpu $(GPU_CHECK_ARGS)
 
+UI_PORT ?= 5000
+# Prints each experiment's training-runs page, then serves the UI there.
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000
+	$(PY) -m broadclass.tracking.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port $(UI_PORT)
 
 # Regenerate the pinned lock from the current venv (torch excluded: it is the user's choice of build).
 lock:

@@ -9,17 +9,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mlflow
 import pytest
 import soundfile as sf
 from hydra.utils import instantiate
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModelStatus
+from mlflow.tracking._tracking_service import utils as tracking_service_utils
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from broadclass import export, predict
 from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
-from broadclass.model.checkpoint import RUN_ARTIFACT, load_model
+from broadclass.model.checkpoint import load_model
 from broadclass.train import train
 
 # Run in a fresh interpreter: transformers only, offline, and broadclass never imported.
@@ -112,15 +116,39 @@ def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, tra
     train(cfg)
 
 
-def test_training_logs_the_best_checkpoints_export_to_its_run(trained_run):
+def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trained_run, tmp_path):
     client = MlflowClient(trained_run.tracking_uri)
-    logged = {Path(a.path).name for a in client.list_artifacts(trained_run.run_id, RUN_ARTIFACT)}
+    (output,) = client.get_run(trained_run.run_id).outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.source_run_id, model.status, model.name) == (
+        trained_run.run_id,
+        LoggedModelStatus.READY,
+        trained_run.config.experiment_name,
+    )
+    assert output.step == 10  # the best (and only) validation's step
+    local = Path(download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path)))
+    logged = {path.name for path in local.iterdir()}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "vocab.json"} <= logged
     assert {"tokenizer_config.json", "broadclass.json", "README.md"} <= logged
-    local = Path(client.download_artifacts(trained_run.run_id, RUN_ARTIFACT))
     assert json.loads((local / "broadclass.json").read_text())["source"] == str(trained_run.checkpoint)
     # The run's model card (broadclass.tracking.model_card), not the short one of a bare checkpoint.
     assert f"MLflow run `{trained_run.run_id}`" in (local / "README.md").read_text()
+
+
+def test_a_registered_logged_model_loads_by_name_and_version(trained_run, exported, monkeypatch):
+    client = MlflowClient(trained_run.tracking_uri)
+    (output,) = client.get_run(trained_run.run_id).outputs.model_outputs
+    name = f"broadclass-test-{output.model_id[-6:]}"
+    # As a user registers it (mlflow.register_model, the process-wide store): MLflow 3.17's SQL registry looks
+    # the logged model up there whatever the client's store, and another test's training may have moved it.
+    # Patched rather than set: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, the later tests' store.
+    monkeypatch.setattr(tracking_service_utils, "_tracking_uri", trained_run.tracking_uri)
+    version = mlflow.register_model(f"models:/{output.model_id}", name).version
+    trained = load_model(f"models:/{name}/{version}", tracking_uri=trained_run.tracking_uri)
+    assert trained.source == f"models:/{name}/{version}"
+    original = load_file(exported / "model.safetensors")
+    state = trained.module.net.state_dict()
+    assert all(state[k].equal(original[k]) for k in original)
 
 
 def test_export_from_a_run_id_writes_the_logged_model(trained_run, exported, tmp_path):

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 from broadclass.metrics import (
     CategoryConfusion,
     RecognitionErrors,
+    category_keys,
     classification_report,
     edit_distance,
     error_counts,
@@ -136,16 +137,50 @@ def test_report_rejects_ids_outside_the_classes() -> None:
         classification_report([0, 3], [0, 1], 3)
 
 
-def test_flatten_report_names_are_mlflow_safe_and_complete() -> None:
-    flat = flatten_report(classification_report([0, 1, 1], [0, 1, 0], 2), prefix="val")
+def test_flatten_report_names_the_categories_and_is_complete() -> None:
+    flat = flatten_report(classification_report([0, 1, 1], [0, 1, 0], 2), ["male", "female"], prefix="val")
     fields = ("precision", "recall", "f1", "support")
     expected = {"val/accuracy"} | {
-        f"val/{group}/{field}" for group in ("0", "1", "macro_avg", "weighted_avg") for field in fields
+        f"val/{group}/{field}" for group in ("male", "female", "macro_avg", "weighted_avg") for field in fields
     }
     assert set(flat) == expected
-    assert all(re.fullmatch(r"[A-Za-z0-9_/. -]+", name) for name in flat)
     assert all(isinstance(value, float) for value in flat.values())
-    assert flat["val/0/recall"] == 0.5
+    assert flat["val/male/recall"] == 0.5
+
+
+def test_flatten_report_needs_a_name_per_category() -> None:
+    with pytest.raises(ValueError, match="3 category names"):
+        flatten_report(classification_report([0, 1], [0, 1], 2), ["a", "b", "c"])
+
+
+def test_category_keys_follow_the_documented_rule() -> None:
+    names = ["male", "Männer", "old man", "a/b", "日本語", "", "macro avg", "male", "-x-", "é.", "..", "accuracy"]
+    assert category_keys(names) == [
+        "male",
+        "Manner",  # accents dropped by Unicode decomposition
+        "old_man",  # spaces and "/" become "_"
+        "a_b",
+        "category_4",  # nothing left: named by its id
+        "category_5",
+        "macro_avg_6",  # would be the macro average's key
+        "male_7",  # a second "male"
+        "-x-",
+        "e",  # "." trimmed from the ends
+        "category_10",
+        "accuracy_11",
+    ]
+
+
+def test_category_keys_pass_lightning_and_mlflow_unchanged() -> None:
+    """What Lightning's MLflow logger strips, and what MLflow accepts as metric names and image keys."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    names = ["Männer", "Frauen (alt)", "whisper/creaky", "日本語", "x:y", "tab\there"]
+    for key in category_keys(names):
+        name = f"val/{key}/f1"
+        assert re.sub("[^a-zA-Z0-9_/. -]+", "", name) == name  # pytorch_lightning/loggers/mlflow.py
+        assert re.fullmatch(r"[a-zA-Z0-9_\-./ ]+", name)  # MlflowClient.log_image's key check
+        _validate_metric_name(name)  # raises when MLflow refuses it
 
 
 def test_format_report_is_sklearns_table_with_category_names() -> None:

@@ -165,7 +165,10 @@ def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monk
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(10))
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/accuracy")] == [5, 10]
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     for step in (5, 10):
         folder = f"val/step_{step:06d}"
         assert f"{folder}/confusion.png" in {a.path for a in client.list_artifacts(run.info.run_id, folder)}
+        # The same matrix as an MLflow image at that step, spooled like the rest while the server was down.
+        assert any(path.startswith(f"images/val~confusion+step+{step}+") for path in images)
     assert requests.get(f"{server.uri}/health", timeout=5).ok

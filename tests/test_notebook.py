@@ -24,6 +24,6 @@ def test_compare_notebook_plots_curves_and_confusion_matrices_without_errors(set
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     figures = [out for out in outputs if "image/png" in out.get("data", {})]
-    assert len(figures) == 2  # the learning curves, then the confusion matrices
+    assert len(figures) == 3  # the learning curves, F1 per category, then the confusion matrices
     table = next(out for out in outputs if out.output_type == "execute_result")["data"]["text/plain"]
     assert "model_broadclass_onSet1" in table and "model_broadclass_onSet2" in table

@@ -53,9 +53,9 @@ def test_card_has_one_row_per_validation_with_the_logged_values(run, tmp_path):
     rows = results_table(card_of(run_id, client.tracking_uri, tmp_path))
     assert [int(row["Step"]) for row in rows] == [5, 10]
     columns = {"Validation Loss": "val/loss", "Accuracy": "val/accuracy", "Wer": "val/wer", "Ter": "val/ter"}
-    for k, name in enumerate(CATEGORIES):
-        columns.update({f"{name} {field.capitalize()}": f"val/{k}/{field}" for field in ("precision", "recall")})
-        columns[f"{name} F1"] = f"val/{k}/f1"
+    for name in CATEGORIES:
+        columns.update({f"{name} {field.capitalize()}": f"val/{name}/{field}" for field in ("precision", "recall")})
+        columns[f"{name} F1"] = f"val/{name}/f1"
     for average, label in (("macro_avg", "Macro"), ("weighted_avg", "Weighted")):
         columns.update(
             {f"{label} {field}": f"val/{average}/{field.lower()}" for field in ("Precision", "Recall", "F1")}
@@ -67,8 +67,8 @@ def test_card_has_one_row_per_validation_with_the_logged_values(run, tmp_path):
         for column, metric in columns.items():
             (value,) = [v for s, v in history(client, run_id, metric) if s == step]
             assert row[column] == f"{value:.4f}", (step, column)
-        for k, name in enumerate(CATEGORIES):
-            (support,) = [v for s, v in history(client, run_id, f"val/{k}/support") if s == step]
+        for name in CATEGORIES:
+            (support,) = [v for s, v in history(client, run_id, f"val/{name}/support") if s == step]
             assert row[f"{name} Support"] == str(int(support))
         latest = [v for s, v in train_loss if s <= step][-1]
         assert row["Training Loss"] == f"{latest:.4f}"

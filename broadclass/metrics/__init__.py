@@ -3,6 +3,7 @@
 from broadclass.metrics.collection import CategoryConfusion, RecognitionErrors
 from broadclass.metrics.errors import edit_distance, error_counts, split_words, strip_tags
 from broadclass.metrics.report import (
+    category_keys,
     classification_report,
     confusion_matrix,
     flatten_report,
@@ -14,6 +15,7 @@ from broadclass.metrics.report import (
 __all__ = [
     "CategoryConfusion",
     "RecognitionErrors",
+    "category_keys",
     "classification_report",
     "confusion_matrix",
     "edit_distance",

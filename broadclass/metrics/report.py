@@ -8,6 +8,8 @@ without keeping every prediction around and without scikit-learn at run time.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +18,8 @@ import torch
 
 FIELDS = ("precision", "recall", "f1-score", "support")
 AVERAGES = ("macro avg", "weighted avg")
-# MLflow metric names allow only alphanumerics, "_", "-", ".", " " and "/"; sklearn's keys need renaming.
+# Metric names: MLflow 3.17 takes word characters of any script, "_", "-", ".", " ", ":" and "/" (no ":" on
+# Windows), but Lightning's MLflow logger and MLflow's image keys take ASCII [A-Za-z0-9_/. -] only.
 _FLAT_FIELD = {"precision": "precision", "recall": "recall", "f1-score": "f1", "support": "support"}
 
 Report = dict[str, Any]
@@ -103,11 +106,45 @@ def classification_report(
     return report_from_confusion(confusion_matrix(preds, targets, num_classes))
 
 
-def flatten_report(report: Mapping[str, Any], prefix: str = "val") -> dict[str, float]:
-    """``{"val/0/f1": ..., "val/accuracy": ..., "val/macro_avg/precision": ...}``: MLflow-safe metric names."""
+# Keys of the report's own rows, and the metric names beside the categories: a category may not take them.
+RESERVED_KEYS = frozenset({"accuracy", "macro_avg", "weighted_avg", "loss", "wer", "ter", "rule"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def category_keys(names: Sequence[str]) -> list[str]:
+    """The name of each category in metric keys (``val/<key>/f1``), in id order.
+
+    The rule: letters lose their accents (``é`` → ``e``, by Unicode decomposition); every run of other
+    characters outside ``A-Z a-z 0-9 _ . -`` (spaces, ``/``, other scripts) becomes one ``_``; ``_`` and
+    ``.`` are trimmed from both ends. A name left empty, equal to a reserved key (``accuracy``,
+    ``macro_avg`` …) or to an earlier category's key gets ``_<id>`` appended (``category_<id>`` when empty).
+
+    Why: Lightning's MLflow logger silently deletes other characters from metric names (``Männer`` would
+    log as ``Mnner``), a ``/`` would add a level to the key, and spaces need quoting in MLflow searches.
+    """
+    keys: list[str] = []
+    for index, name in enumerate(names):
+        plain = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+        key = _UNSAFE.sub("_", plain).strip("_.")
+        if not key:
+            key = f"category_{index}"
+        elif key in RESERVED_KEYS or key in keys:
+            key = f"{key}_{index}"
+        keys.append(key)
+    return keys
+
+
+def flatten_report(report: Mapping[str, Any], names: Sequence[str], prefix: str = "val") -> dict[str, float]:
+    """``{"val/male/f1": ..., "val/accuracy": ..., "val/macro_avg/precision": ...}``: MLflow-safe metric names.
+
+    ``names`` are the categories in id order (the report's rows ``"0"``, ``"1"`` …), named by :func:`category_keys`.
+    """
+    rows = {str(k): key for k, key in enumerate(category_keys(names))}
+    if set(rows) != {key for key in report if key not in ("accuracy", *AVERAGES)}:
+        raise ValueError(f"{len(names)} category names given for a report of rows {sorted(report)}")
     flat: dict[str, float] = {}
     for key, value in report.items():
-        name = f"{prefix}/{key.replace(' ', '_')}"
+        name = f"{prefix}/{rows.get(key, key.replace(' ', '_'))}"
         if isinstance(value, Mapping):
             for field, number in value.items():
                 flat[f"{name}/{_FLAT_FIELD[field]}"] = float(number)

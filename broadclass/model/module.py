@@ -44,8 +44,9 @@ class BroadClassModule(pl.LightningModule):
             raise ValueError(f"model.decision_rule must be one of {RULES}, got {decision_rule!r}")
         if decision_rule == "head" and category_head_weight <= 0:
             raise ValueError("model.decision_rule=head needs model.category_head_weight > 0")
-        self.save_hyperparameters(ignore=["labels"])
-        self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names})
+        # Not logged as run params: the run logs its whole config (tracking/mlflow_run.py), once.
+        self.save_hyperparameters(ignore=["labels"], logger=False)
+        self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names}, logger=False)
         self.labels = labels
         self.num_categories = len(labels.categories)
         # The network's own config records the reduction training uses (an export's config.json says so).
@@ -154,7 +155,7 @@ class BroadClassModule(pl.LightningModule):
         report = self.confusion[rule].report()
         confusion = self.confusion[rule].compute()
         errors = {k: float(v) for k, v in self.errors.compute().items()}
-        metrics = flatten_report(report, prefix=stage)
+        metrics = flatten_report(report, self.labels.category_names, prefix=stage)
         metrics.update({f"{stage}/{name}": value for name, value in errors.items()})
         metrics[f"{stage}/loss"] = float(self.eval_loss.compute())
         for other in self.rules:

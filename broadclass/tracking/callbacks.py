@@ -1,4 +1,8 @@
-"""Per-validation artifacts: the report and confusion matrix, as JSON and a PNG, plus a console table."""
+"""Per-validation artifacts: the report and confusion matrix, as JSON and a PNG, plus a console table.
+
+The matrix is also an MLflow image with a step (key ``<stage>/confusion``): the UI's chart view shows it
+with a step slider, and the compare view shows the runs' matrices side by side.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broadclass.data.check import DataReport
-from broadclass.tracking.figures import confusion_figure
+from broadclass.tracking.figures import confusion_figure, figure_image
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 
@@ -93,6 +97,7 @@ class ValidationReport(pl.Callback):
         if self.figures:
             figure = confusion_figure(last["confusion"], last["categories"], title=f"{folder} ({last['rule']})")
             client.log_figure(run_id, figure, f"{folder}/confusion.png")
+            client.log_image(run_id, figure_image(figure), key=f"{last['stage']}/confusion", step=last["step"])
             figure.clf()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

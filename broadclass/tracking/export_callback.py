@@ -1,7 +1,9 @@
-"""At the end of training, log the best checkpoint's HuggingFace export to the MLflow run as ``model/``.
+"""At the end of training, log the best checkpoint's HuggingFace export as the run's MLflow logged model.
 
-Then the tracking server alone serves the model: ``python -m broadclass.predict model=<run id>`` and
-``python -m broadclass.export <run id> <dir>`` download it from there.
+It is listed under the experiment's "Logged models" and the run's outputs, named after the experiment,
+and can be registered: ``mlflow.register_model("models:/<model id>", "<name>")``. Then the tracking
+server alone serves the model: ``python -m broadclass.predict model=<run id>`` (or
+``model=models:/<name>/<version>``) and ``python -m broadclass.export <run id> <dir>`` download it.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import tempfile
 
 import pytorch_lightning as pl
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from pytorch_lightning.utilities import rank_zero_warn
 
 from broadclass.export import export_model
-from broadclass.model.checkpoint import RUN_ARTIFACT, load_checkpoint
+from broadclass.model.checkpoint import MODEL_TYPE, load_checkpoint
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.model_card import build_card
 
@@ -40,10 +44,27 @@ class ExportBestModel(pl.Callback):
             rank_zero_warn(f"no model card from run {run_id} ({err}): the exported model gets a short one")
             card = None
         # Read back from the file, as a user of the run would, so the logged model is the checkpoint's.
+        trained = load_checkpoint(path)
+        step = (trained.metadata.get("report") or {}).get("step", trainer.global_step)
         with tempfile.TemporaryDirectory(prefix="broadclass-export-") as folder:
-            export_model(load_checkpoint(path), folder, overwrite=True, card=card)
-            client.log_artifacts(run_id, folder, RUN_ARTIFACT)
+            export_model(trained, folder, overwrite=True, card=card)
+            model_id = log_model_folder(client, logger.experiment_id, run_id, folder, logger._experiment_name, step)
         print(
-            f"Model from {path} logged to MLflow run {run_id} as '{RUN_ARTIFACT}/': "
+            f"Model from {path} logged to MLflow run {run_id} as models:/{model_id}: "
             f"python -m broadclass.predict model={run_id} input=<audio>"
         )
+
+
+def log_model_folder(client: MlflowClient, experiment_id: str, run_id: str, folder: str, name: str, step: int) -> str:
+    """``folder`` as a logged model of the run, output at ``step``; returns its id."""
+    model = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE, tags={"step": str(step)}
+    )
+    try:
+        client.log_model_artifacts(model.model_id, folder)
+    except Exception:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    return model.model_id

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402  (after choosing the headless backend)
 
 
@@ -33,3 +34,13 @@ def confusion_figure(matrix: Sequence[Sequence[int]], names: Sequence[str], titl
     ax.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def figure_image(figure: Figure):
+    """The figure rendered as an RGB ``PIL.Image`` (what ``MlflowClient.log_image`` takes)."""
+    import numpy as np
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")

@@ -1,8 +1,9 @@
-"""MLflow helpers: find the run behind a Lightning logger, log config/vocabulary, say where the run is."""
+"""MLflow helpers: find the run behind a Lightning logger, name it, log config/vocabulary, say where the run is."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 
 from broadclass.data.labels import LabelMap
+from broadclass.metrics import category_keys
+
+# The experiment tag that makes the UI open an experiment in its "Model training" view, not the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# Folders of the `paths` group whose contents a run writes: a value inside one is where, not how, it ran.
+RUN_LOCATION_FOLDERS = ("output_dir", "log_dir", "cache_dir")
 
 
 def mlflow_logger(loggers: Iterable[Logger] | Logger | None) -> MLFlowLogger | None:
@@ -48,6 +56,42 @@ def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str | None:
         )
 
 
+def single_run_name(experiment_name: str) -> str:
+    """``demo-3f9a2c``: the experiment's name and a short random id (not Python's seeded ``random``)."""
+    return f"{experiment_name}-{secrets.token_hex(3)}"
+
+
+def sweep_run_name(job_overrides: Mapping[str, str], swept: Iterable[str]) -> str:
+    """``lr=0.001,warmup_steps=100``: a sweep job's values of the swept keys, as its run name.
+
+    A key is shown by its last part (``model.lr`` → ``lr``), in full where two swept keys share it.
+    """
+    keys = [key for key in job_overrides if key in set(swept)]
+    short = [key.rsplit(".", 1)[-1] for key in keys]
+    shown = [name if short.count(name) == 1 else key for key, name in zip(keys, short, strict=True)]
+    return ",".join(f"{name}={job_overrides[key]}" for name, key in zip(shown, keys, strict=True))
+
+
+def split_locations(flat: Mapping[str, Any], paths: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flattened config split into (params, locations).
+
+    Locations are the ``paths/`` group and every value that is a path inside the run's output folder, the
+    outputs folder or the cache (checkpoint folders, the spool, ``trainer/default_root_dir`` …): they differ
+    from run to run without changing what is trained, so they are tags, and the runs of a sweep differ in
+    params by exactly the swept values.
+    """
+    folders = [Path(str(paths[name])) for name in RUN_LOCATION_FOLDERS if paths.get(name)]
+
+    def is_location(key: str, value: Any) -> bool:
+        if key.startswith("paths/"):
+            return True
+        path = Path(value) if isinstance(value, str) else None
+        return path is not None and path.is_absolute() and any(path.is_relative_to(folder) for folder in folders)
+
+    params = {k: v for k, v in flat.items() if not is_location(k, v)}
+    return params, {k: v for k, v in flat.items() if k not in params}
+
+
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a/b": 1}``; lists are kept as their JSON text."""
     flat: dict[str, Any] = {}
@@ -61,16 +105,27 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap, tags: dict[str, str]) -> None:
-    """Resolved config as flattened params and as YAML, the vocabulary, and run tags."""
+    """Resolved config as flattened params (its locations as tags) and as YAML, the vocabulary, run tags.
+
+    The param ``metrics/categories`` lists the categories' names in metric keys (``val/<name>/f1``) in id
+    order; the experiment is marked as a model-training one when nothing marked it yet.
+    """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
-    params = {k: v for k, v in flatten(resolved).items() if not k.endswith("/_target_") and k != "_target_"}
+    flat = {k: v for k, v in flatten(resolved).items() if not k.endswith("/_target_") and k != "_target_"}
+    params, locations = split_locations(flat, resolved.get("paths", {}))
+    params["metrics/categories"] = json.dumps(category_keys(labels.category_names), ensure_ascii=False)
     logger.log_hyperparams(params)
     client, run_id = logger.experiment, logger.run_id
+    experiment = client.get_experiment(logger.experiment_id)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    tags = {**{k: str(v) for k, v in locations.items()}, **tags}
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config/config.yaml")
     client.log_text(run_id, json.dumps(labels.vocab, ensure_ascii=False, indent=2), "config/vocab.json")
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    from mlflow.entities import RunTag  # here: this module is imported by runs without MLflow (logger=csv)
+
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def describe_run(logger: MLFlowLogger) -> str:

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from broadclass.metrics import report_markdown
+from broadclass.metrics import category_keys, report_markdown
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 CARD_ARTIFACT = "model_card.md"
@@ -149,9 +149,9 @@ def results_table(record: RunRecord, names: Sequence[str], rules: Sequence[str])
     """One row per validation, as the HF Trainer's "Training results" table, plus the full report."""
     header = ["Training Loss", "Epoch", "Step", "Validation Loss"]
     keys: list[tuple[str, int]] = []  # (metric name, digits)
-    for k, name in enumerate(names):
+    for name, key in zip(names, category_keys(names), strict=True):
         header += [f"{name} {label}" for _, label in FIELDS] + [f"{name} Support"]
-        keys += [(f"val/{k}/{field}", 4) for field, _ in FIELDS] + [(f"val/{k}/support", 0)]
+        keys += [(f"val/{key}/{field}", 4) for field, _ in FIELDS] + [(f"val/{key}/support", 0)]
     header.append("Accuracy")
     keys.append(("val/accuracy", 4))
     for average, label in AVERAGES:

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import time
@@ -36,10 +35,11 @@ import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.name_utils import _generate_random_name
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
+
+from broadclass.tracking.mlflow_run import single_run_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 5.0
 JOURNAL = "journal.jsonl"
 SENT = "sent"  # the highest journal sequence number known to be in MLflow
 RUN_FILE = "run.json"
+IMAGE_FILE = "image.png"  # a spooled MLflow image (log_image with a key and step)
 
 
 class TrackingServerUnreachable(RuntimeError):
@@ -168,6 +169,11 @@ def send_record(client: MlflowClient, record: dict) -> None:
         )
     elif op == "artifacts":
         client.log_artifacts(run_id, record["local"], record.get("artifact_path"))
+    elif op == "image":
+        from PIL import Image
+
+        with Image.open(Path(record["local"]) / IMAGE_FILE) as image:
+            client.log_image(run_id, image, key=record["key"], step=record["step"], timestamp=record["timestamp"])
     elif op == "terminated":
         client.set_terminated(run_id, record["status"], record["end_time"])
     else:
@@ -291,27 +297,21 @@ class SpoolingClient:
             lambda path: figure.savefig(path, **(save_kwargs or {})),
         )
 
+    def log_image(self, run_id: str, image: Any, *, key: str, step: int = 0, timestamp: int | None = None) -> None:
+        """An image with a key and step (the chart view's image with a step slider)."""
+        timestamp = timestamp or int(time.time() * 1000)
+        self._write(
+            {"run_id": run_id, "op": "image", "key": key, "step": step, "timestamp": timestamp},
+            lambda: self._client.log_image(run_id, image, key=key, step=step, timestamp=timestamp),
+            lambda folder: image.save(folder / IMAGE_FILE),
+        )
+
     def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
         end = end_time or int(time.time() * 1000)
         self._write(
             {"run_id": run_id, "op": "terminated", "status": status or "FINISHED", "end_time": end},
             lambda: self._client.set_terminated(run_id, status or "FINISHED", end),
         )
-
-
-def unseeded_run_name() -> str:
-    """An MLflow-style run name (``capable-auk-759``) drawn from fresh entropy.
-
-    MLflow draws the name from Python's global ``random``, which ``seed_everything`` has seeded by then:
-    every run of one seed would get the same name. The global state is put back, so the run stays
-    reproducible.
-    """
-    state = random.getstate()
-    try:
-        random.seed()
-        return _generate_random_name()
-    finally:
-        random.setstate(state)
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
@@ -326,7 +326,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
         **kwargs: Any,
     ):
         if kwargs.get("run_name") is None and kwargs.get("run_id") is None:
-            kwargs["run_name"] = unseeded_run_name()
+            kwargs["run_name"] = single_run_name(kwargs.get("experiment_name", "lightning_logs"))
         super().__init__(*args, **kwargs)
         self.spool_dir = Path(spool_dir)
         self.retry_interval_s = retry_interval_s
