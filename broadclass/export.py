@@ -1,138 +1,17 @@
 """Export a trained model as a standard HuggingFace folder: ``python -m broadclass.export <source> <out dir>``.
 
-``<source>`` is a Lightning checkpoint, an exported folder or an MLflow run (id or name). The folder holds
-the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …: ``model.safetensors``) and
-``config.json`` (``id2label``/``label2id``), the
-feature extractor (``preprocessor_config.json``: 16 kHz, normalised, an attention mask only for
-layer-norm feature encoders, as in training), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
-``broadclass.json`` (vocabulary, label config, categories, validation report: what ``broadclass.predict``
-and ``model.pretrained=<folder>`` read) and a model card (``README.md``).
-
-The tokenizer is a ``Wav2Vec2PhonemeCTCTokenizer`` over the same ``vocab.json`` a ``Wav2Vec2CTCTokenizer``
-would use, with phonemization off: ``Wav2Vec2CTCTokenizer`` joins the tokens of a word without a separator
-when it decodes (``v_mp_m n_m``), so multi-character tokens could not be read back; this one writes every
-token, ``|`` included, separated by spaces (``v_m p_m | n_m``), and encodes that text back to the same ids.
-So ``pipeline("automatic-speech-recognition", model=<folder>)`` returns exactly ``broadclass.predict``'s
-``text``.
+``<source>`` is a Lightning checkpoint, an exported folder, an MLflow run (id or name) or a ``models:/`` URI.
+What the folder holds: ``broadclass.model.export``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
-
-from broadclass.data.labels import BLANK, LabelMap
-from broadclass.metrics import report_markdown
-from broadclass.model.checkpoint import METADATA_FILE, ModelLoadError, TrainedModel, load_model
-
-SAMPLE_RATE = 16_000
-
-
-def build_tokenizer(labels: LabelMap, folder: Path) -> Wav2Vec2PhonemeCTCTokenizer:
-    vocab_file = folder / "vocab.json"
-    vocab_file.write_text(json.dumps(labels.vocab, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return Wav2Vec2PhonemeCTCTokenizer(
-        str(vocab_file),
-        pad_token=BLANK,
-        # No token of ours plays these parts; the defaults would add ids the CTC head does not have.
-        unk_token=None,
-        bos_token=None,
-        eos_token=None,
-        # `|` stays a token of the text rather than being decoded away as a delimiter.
-        word_delimiter_token=None,
-        phone_delimiter_token=" ",
-        do_phonemize=False,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def export_metadata(trained: TrainedModel) -> dict[str, Any]:
-    labels = trained.labels
-    metadata = {key: value for key, value in trained.metadata.items() if key != "network"}  # config.json has it
-    metadata.update(
-        source=trained.source,
-        classes={name: spec["tag"] for name, spec in labels.classes.items()},
-        text_format="tokens separated by spaces; '|' is the word boundary; a token is <class tag>_<category tag>",
-        rules=[rule for rule in trained.module.rules if rule != "head"],
-    )
-    return metadata
-
-
-def checkpoint_card(metadata: dict[str, Any], folder_name: str) -> str:
-    """A short model card from what a checkpoint records (a run's card comes from broadclass.tracking.model_card)."""
-    categories = ", ".join(f"{c['name']} (`{c['tag']}`)" for c in metadata["categories"])
-    classes = ", ".join(f"{name} (`{tag}`)" for name, tag in metadata["classes"].items())
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: automatic-speech-recognition",
-        "tags: [wav2vec2, ctc, broadclass]",
-        "---",
-        f"# {folder_name}",
-        "",
-        f"A wav2vec2 CTC model that transcribes speech into broad phonetic classes ({classes}), every token "
-        f"tagged with the utterance's category ({categories}): `v_{metadata['categories'][0]['tag']}` is a "
-        f"vowel in a {metadata['categories'][0]['name']} utterance, `|` a word boundary. Exported by broadclass "
-        f"from `{metadata['source']}`.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f'asr = pipeline("automatic-speech-recognition", model="{folder_name}")',
-        'asr({"raw": waveform_16khz_mono, "sampling_rate": 16000})["text"]  # "v_m p_m | n_m ..."',
-        "```",
-        "",
-        f"`python -m broadclass.predict model={folder_name} input=<file, folder or manifest>` adds the "
-        f"utterance category under each decision rule ({', '.join(metadata['rules'])}) with its confidence, and "
-        "scores a manifest with references.",
-    ]
-    report = metadata.get("report")
-    if report:
-        names = report["categories"]
-        lines += [
-            "",
-            f"## Validation at step {report['step']} (decision rule: {report['rule']})",
-            "",
-            report_markdown(report["report"], names),
-            f"WER {report['errors']['wer']:.4f}, broad-class TER {report['errors']['ter']:.4f}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = False, card: str | None = None) -> Path:
-    """Write the folder; refuses a non-empty ``out_dir`` unless ``overwrite``.
-
-    ``README.md`` is ``card`` if given (the run's card), else the card of the exported folder the model
-    came from, else a short card from the checkpoint's metadata."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
-    out.mkdir(parents=True, exist_ok=True)
-    labels = trained.labels
-    network = trained.module.net
-    network.config.id2label = dict(enumerate(labels.tokens))
-    network.config.label2id = labels.vocab
-    network.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=SAMPLE_RATE,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=network.config.feat_extract_norm == "layer",
-    ).save_pretrained(out)
-    build_tokenizer(labels, out).save_pretrained(out)
-    metadata = export_metadata(trained)
-    (out / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    card = card or trained.card or checkpoint_card(metadata, out.name)
-    (out / "README.md").write_text(card, encoding="utf-8")
-    return out
+from broadclass.model.checkpoint import ModelLoadError, load_model
+from broadclass.model.export import export_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

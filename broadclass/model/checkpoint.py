@@ -4,7 +4,7 @@ Every checkpoint carries a ``"broadclass"`` section (written by ``BroadClassModu
 with what inference needs: the token list, the label config and categories the LabelMap is rebuilt
 from, the full network config (not only the overrides the run was configured with, so a model
 fine-tuned from a hub checkpoint is rebuilt without the hub) and the validation report it was saved
-after. An exported folder (``broadclass.export``) keeps the same section in ``broadclass.json``.
+after. An exported folder (``broadclass.model.export``) keeps the same section in ``broadclass.json``.
 
 Nothing is unpickled: checkpoints are read with ``torch.load(weights_only=True)`` and exported weights
 from safetensors, so a file someone hands over cannot run code.
@@ -170,7 +170,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
 
 
 def load_exported(folder: str | Path) -> TrainedModel:
-    """A folder written by ``broadclass.export`` (or downloaded from a run's logged model)."""
+    """A folder written by ``broadclass.model.export`` (or downloaded from a run's logged model)."""
     folder = Path(folder)
     metadata_file = folder / METADATA_FILE
     if not metadata_file.is_file():

@@ -16,8 +16,8 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from pytorch_lightning.utilities import rank_zero_warn
 
-from broadclass.export import export_model
 from broadclass.model.checkpoint import MODEL_TYPE, load_checkpoint
+from broadclass.model.export import export_model
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.model_card import build_card
 
