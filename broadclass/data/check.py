@@ -261,8 +261,6 @@ def apply_report(splits: Mapping[str, Sequence[dict]], report: DataReport, on_er
 def _compose(overrides: Sequence[str]):
     from hydra import compose, initialize_config_dir
 
-    import broadclass.config  # noqa: F401  (registers the resolvers)
-
     conf_dir = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
