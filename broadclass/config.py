@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -12,7 +10,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 
 def _project_root() -> str:
-    return os.environ.get("BROADCLASS_ROOT") or str(Path.cwd())
+    from broadclass.tracking.store import project_root
+
+    return str(project_root())
 
 
 def _mixed_precision() -> str:

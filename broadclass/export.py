@@ -10,8 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from broadclass.model.checkpoint import ModelLoadError, load_model
+from broadclass.model.checkpoint import ModelLoadError
 from broadclass.model.export import export_model
+from broadclass.tracking.run_model import load_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:

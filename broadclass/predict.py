@@ -42,9 +42,10 @@ from broadclass.data.audio import AudioError, decode, normalize
 from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, format_report
-from broadclass.model.checkpoint import ModelLoadError, TrainedModel, load_model
+from broadclass.model.checkpoint import ModelLoadError, TrainedModel
 from broadclass.model.decoding import category_posteriors, greedy_decode, vote_share
 from broadclass.model.module import BroadClassModule
+from broadclass.tracking.run_model import load_model
 
 SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".sph"}

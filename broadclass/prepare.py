@@ -68,13 +68,14 @@ from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_so
 from broadclass.data.labels import UnknownPhoneError
 from broadclass.data.manifest import ManifestError, write_manifest, write_text_atomic
 from broadclass.data.sources import CorpusError, parse_columns, raise_listed, read_table_source
+from broadclass.tracking.store import project_root
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1
 FORMAT_VERSION = 1
 LABELS_DIR = Path(__file__).resolve().parent / "conf" / "labels"
 # Where paths.sets_dir points by default (conf/paths/default.yaml): <project>/data/sets.
-DEFAULT_OUT = Path(os.environ.get("BROADCLASS_ROOT") or ".") / "data" / "sets"
+DEFAULT_OUT = project_root() / "data" / "sets"
 DEFAULT_SETS = 5
 
 # Every error about the corpus prepare reads: one exception naming every bad row or file.

@@ -7,65 +7,12 @@ tables of several runs).
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
-from mlflow import MlflowClient
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-
-from broadclass.config import _project_root
 from broadclass.tracking.model_card import build_card
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-class RunLookupError(LookupError):
-    pass
-
-
-def default_tracking_uri() -> str:
-    """What training logs to by default (conf/logger/mlflow.yaml): $MLFLOW_TRACKING_URI or ./mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(_project_root()).resolve()}/mlflow.db"
-
-
-def open_store(uri: str) -> MlflowClient:
-    """A client for ``uri``; a SQLite file that does not exist is an error (MLflow would create an empty one)."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :])
-        if not path.is_file():
-            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
-    return MlflowClient(uri)
-
-
-def _describe(client: MlflowClient, run: Run) -> str:
-    started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    experiment = client.get_experiment(run.info.experiment_id).name
-    return f"  {run.info.run_id}  experiment {experiment!r}, started {started}, {run.info.status}"
-
-
-def find_run(client: MlflowClient, ref: str) -> Run:
-    """The run whose id or name is ``ref``; a name shared by several runs is an error listing their ids."""
-    if RUN_ID.fullmatch(ref):
-        try:
-            return client.get_run(ref)
-        except MlflowException:
-            pass  # a 32-hex-digit run *name* is possible
-    quote = next((q for q in ("'", '"') if q not in ref), None)
-    if quote is None:
-        raise RunLookupError(f"run name {ref!r} contains both quote characters: give the run id instead")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"attributes.run_name = {quote}{ref}{quote}")
-    if not runs:
-        raise RunLookupError(f"no run with id or name {ref!r} in {client.tracking_uri}")
-    if len(runs) > 1:
-        listing = "\n".join(_describe(client, run) for run in runs)
-        raise RunLookupError(f"{len(runs)} runs are named {ref!r}; give one of their ids:\n{listing}")
-    return runs[0]
+from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

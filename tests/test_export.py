@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 from broadclass import export, predict
 from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
-from broadclass.model.checkpoint import load_model
+from broadclass.tracking.run_model import load_model
 from broadclass.train import train
 
 # Run in a fresh interpreter: transformers only, offline, and broadclass never imported.

@@ -18,7 +18,8 @@ from sklearn.metrics import classification_report
 from broadclass import predict
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
-from broadclass.model.checkpoint import ModelLoadError, VocabularyMismatchError, label_config, load_model
+from broadclass.model.checkpoint import ModelLoadError, VocabularyMismatchError, label_config
+from broadclass.tracking.run_model import load_model
 
 RULES = {"vote", "posterior"}
 CATEGORIES = ["male", "female", "whisper", "creaky"]

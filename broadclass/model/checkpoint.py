@@ -13,7 +13,6 @@ from safetensors, so a file someone hands over cannot run code.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,72 +186,11 @@ def load_exported(folder: str | Path) -> TrainedModel:
     return TrainedModel(module.eval(), metadata, str(folder), card)
 
 
-def model_location(client: Any, uri: str) -> str:
-    """Where the artifacts of ``models:/<model id>``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
-    are, read from ``client``'s store (MLflow's own resolution of ``models:/`` uses the process-wide store)."""
-    ref = uri[len("models:/") :]
-    if "@" in ref:
-        version = client.get_model_version_by_alias(*ref.split("@", 1))
-    elif "/" in ref:
-        version = client.get_model_version(*ref.split("/", 1))
-    else:
-        return client.get_logged_model(ref).artifact_location
-    if version.model_id:
-        return client.get_logged_model(version.model_id).artifact_location
-    return client.get_model_version_download_uri(version.name, version.version)
-
-
-def download_run_model(run: str, destination: str | Path, tracking_uri: str | None = None) -> tuple[str, Path]:
-    """The exported model of an MLflow run (given by id or name), or a ``models:/…`` URI: where it came
-    from and its local folder. A run's model is its newest logged model (``model/`` artifact for older runs)."""
-    # Imported here: MLflow is only needed for a run, and costs seconds to import.
-    from mlflow.artifacts import download_artifacts
-    from mlflow.entities import LoggedModelStatus
-    from mlflow.exceptions import MlflowException
-
-    from broadclass.report import RunLookupError, default_tracking_uri, find_run, open_store
-
-    uri = tracking_uri or default_tracking_uri()
-    if run.startswith("models:/"):
-        try:
-            location = model_location(open_store(uri), run)
-            return run, Path(download_artifacts(artifact_uri=location, dst_path=str(destination), tracking_uri=uri))
-        except (MlflowException, OSError) as err:
-            raise ModelLoadError(f"model={run}: not found in {uri}: {err}") from None
-    try:
-        client = open_store(uri)
-        found = find_run(client, run)
-    except RunLookupError as err:
-        raise ModelLoadError(f"model={run}: not a checkpoint file or exported folder, and {err}") from None
-    run_id = found.info.run_id
-    models = client.search_logged_models([found.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    ready = [m for m in models if m.status == LoggedModelStatus.READY]
-    try:
-        if ready:
-            newest = max(ready, key=lambda m: m.creation_timestamp)
-            folder = download_artifacts(
-                artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri
-            )
-            return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
-        return f"MLflow run {run_id}", Path(client.download_artifacts(run_id, RUN_ARTIFACT, str(destination)))
-    except (MlflowException, OSError) as err:
-        raise ModelLoadError(
-            f"MLflow run {run_id} ({uri}) has no logged model: it is logged at the end of training when "
-            f"callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
-            f"<checkpoint> <dir>` instead.\nCause: {err}"
-        ) from None
-
-
-def load_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
-    """A checkpoint file, an exported folder, the model logged to an MLflow run (id or name), or a
-    ``models:/<name>/<version>`` (``models:/<model id>``) URI."""
-    path = Path(source)
+def load_saved_model(path: str | Path) -> TrainedModel:
+    """A checkpoint file or an exported folder (an MLflow run or ``models:/`` URI: broadclass.tracking.store)."""
+    path = Path(path)
     if path.is_file():
         return load_checkpoint(path)
     if path.is_dir():
         return load_exported(path)
-    with tempfile.TemporaryDirectory(prefix="broadclass-run-model-") as tmp:
-        origin, folder = download_run_model(str(source), tmp, tracking_uri)
-        trained = load_exported(folder)
-    trained.source = origin
-    return trained
+    raise ModelLoadError(f"{path}: no such checkpoint file or exported folder")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
+
+from broadclass.tracking.store import default_tracking_uri, project_root
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")
 REPORTED = ("val/accuracy", "val/wer", "val/ter")
@@ -46,21 +47,6 @@ class CompareError(ValueError):
 
 
 # ---- finding runs ----------------------------------------------------------------------------------
-def project_root() -> Path:
-    return Path(os.environ.get("BROADCLASS_ROOT") or Path.cwd())
-
-
-def default_tracking_uri(target: str) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    folder = Path(target)
-    if folder.is_dir():
-        for parent in (folder.resolve(), *folder.resolve().parents):
-            if (parent / "mlflow.db").is_file():
-                return f"sqlite:///{parent / 'mlflow.db'}"
-    return f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
 def _search(client: MlflowClient, experiment_ids: list[str], where: str = "") -> list[Run]:
     if not experiment_ids:
         return []

@@ -1,0 +1,82 @@
+"""The MLflow store: the project folder, the default tracking URI, opening the store, finding a run.
+
+One home for what the entry points (train, predict, export, report, report --compare) and the tracking
+modules need to reach the store the project logs to. Light to import: MLflow is imported when a store is
+opened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+
+def project_root() -> Path:
+    """The project folder: ``$BROADCLASS_ROOT``, else the working directory. The default store
+    (``mlflow.db``, ``mlruns/``), the run folders and the data live under it (``${bc.root:}`` in the config)."""
+    return Path(os.environ.get("BROADCLASS_ROOT") or Path.cwd())
+
+
+def default_tracking_uri(near: str | Path | None = None) -> str:
+    """What training logs to by default (conf/logger/mlflow.yaml): ``$MLFLOW_TRACKING_URI``, else the
+    ``mlflow.db`` nearest above the folder ``near`` (a sweep's output folder), else the project's."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if near is not None and Path(near).is_dir():
+        for parent in (Path(near).resolve(), *Path(near).resolve().parents):
+            if (parent / "mlflow.db").is_file():
+                return f"sqlite:///{parent / 'mlflow.db'}"
+    return f"sqlite:///{project_root().resolve() / 'mlflow.db'}"
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client for ``uri``; a SQLite file that does not exist is an error (MLflow would create an empty one)."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():
+            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
+    return MlflowClient(uri)
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class RunLookupError(LookupError):
+    pass
+
+
+def _describe(client: MlflowClient, run: Run) -> str:
+    started = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return f"  {run.info.run_id}  experiment {experiment!r}, started {started}, {run.info.status}"
+
+
+def find_run(client: MlflowClient, ref: str) -> Run:
+    """The run whose id or name is ``ref``; a name shared by several runs is an error listing their ids."""
+    if RUN_ID.fullmatch(ref):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.get_run(ref)
+        except MlflowException:
+            pass  # a 32-hex-digit run *name* is possible
+    quote = next((q for q in ("'", '"') if q not in ref), None)
+    if quote is None:
+        raise RunLookupError(f"run name {ref!r} contains both quote characters: give the run id instead")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"attributes.run_name = {quote}{ref}{quote}")
+    if not runs:
+        raise RunLookupError(f"no run with id or name {ref!r} in {client.tracking_uri}")
+    if len(runs) > 1:
+        listing = "\n".join(_describe(client, run) for run in runs)
+        raise RunLookupError(f"{len(runs)} runs are named {ref!r}; give one of their ids:\n{listing}")
+    return runs[0]

@@ -1,0 +1,67 @@
+"""The package's layers import one way: entry points -> tracking -> training -> model -> metrics -> data.
+
+Every import of a broadclass module inside broadclass/ counts, a lazy one inside a function too: a lazy import
+hides a dependency from the reader, it does not remove it.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "broadclass"
+# Lowest first. A module may import its own layer and the layers below it. Modules directly in broadclass/
+# are the entry points (and config.py, the resolvers they compose with): the top.
+LAYERS = ["data", "metrics", "model", "training", "tracking"]
+ENTRY = len(LAYERS)
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] in LAYERS:
+        return LAYERS.index(parts[1])
+    if len(parts) == 2 and parts[1] in LAYERS:  # the package itself (its __init__)
+        return LAYERS.index(parts[1])
+    return ENTRY
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("broadclass")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("broadclass"):
+            found.append((node.lineno, node.module))
+    return found
+
+
+def upward_imports() -> list[str]:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        for line, imported in imported_modules(path):
+            if layer_of(imported) > layer_of(importer):
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported}")
+    return problems
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    assert upward_imports() == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
+    # The same walk over a package with one data module that imports tracking.
+    fake = tmp_path / "broadclass"
+    (fake / "data").mkdir(parents=True)
+    (fake / "data" / "reader.py").write_text("def f():\n    from broadclass.tracking.store import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert upward_imports() == ["broadclass/data/reader.py:2: broadclass.data.reader imports broadclass.tracking.store"]
