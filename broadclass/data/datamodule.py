@@ -49,6 +49,7 @@ class UtteranceDataset(Dataset):
             "labels": self.targets[index],
             "category": self.categories[index],
             "id": row["id"],
+            "speaker": row.get("speaker"),
         }
 
 
@@ -186,6 +187,7 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
         "label_lengths": label_lengths,
         "categories": torch.tensor([item["category"] for item in items]),
         "ids": [item["id"] for item in items],
+        "speakers": [item.get("speaker") for item in items],
     }
 
 
