@@ -216,3 +216,28 @@ def class_rate_metrics(report: dict[str, Any], prefix: str) -> dict[str, float]:
         for name, values in report["total"]["rates"].items()
         for rate in RATES
     }
+
+
+def class_analysis_text(analysis: dict[str, Any], durations: dict[str, Any] | None = None) -> str:
+    """Plain-text tables of :func:`class_confusion_report` (and of ``ClassDurations.compute()``): per
+    class, its rates in all categories and in each, with the median and IQR of decoded segment lengths."""
+    blocks = [("all categories", "all", analysis["total"]["rates"])]
+    blocks += [(name, name, part["rates"]) for name, part in analysis["by_category"].items()]
+    header = f"{'class':<14}{'support':>8}{'sub':>8}{'del':>8}{'ins':>8}{'err':>8}"
+    if durations is not None:
+        header += f"{'median s':>10}{'IQR s':>8}{'n':>6}"
+    lines = ["broad classes: error rates per reference token; decoded segment durations"]
+    for title, key, rates in blocks:
+        lines += ["", title, header]
+        for name, row in rates.items():
+            line = f"{name:<14}{row['support']:>8}" + "".join(f"{row[f'{r}_rate']:>8.3f}" for r in RATES)
+            if durations is not None:
+                spans = durations["classes"][name][key]
+                line += f"{spans['median']:>10.3f}{spans['iqr']:>8.3f}{spans['count']:>6}"
+            lines.append(line)
+    tags = np.asarray(analysis["tag_confusion"]["total"])
+    names = analysis["categories"]
+    lines += ["", "category tags of class-matched tokens (rows reference, columns hypothesis)"]
+    lines.append(f"{'':<14}" + "".join(f"{name:>10}" for name in names))
+    lines += [f"{name:<14}" + "".join(f"{int(n):>10}" for n in row) for name, row in zip(names, tags, strict=True)]
+    return "\n".join(lines)
