@@ -178,12 +178,16 @@ class ClassConfusion(Metric):
     def compute(self) -> dict[str, Any]:
         """The JSON-ready analysis: see :func:`class_confusion_report`."""
         return class_confusion_report(
-            self.matrix.cpu().numpy(), self.tags.cpu().numpy(), self.class_names, self.category_names
+            self.matrix.cpu().numpy(), self.tags.cpu().numpy(), self.class_names, self.category_names, self.index
         )
 
 
 def class_confusion_report(
-    matrix: np.ndarray, tags: np.ndarray, class_names: Sequence[str], category_names: Sequence[str]
+    matrix: np.ndarray,
+    tags: np.ndarray,
+    class_names: Sequence[str],
+    category_names: Sequence[str],
+    index: TokenIndex,
 ) -> dict[str, Any]:
     """Matrices and per-class rates in total and per reference category, and the tag confusions.
 
@@ -194,7 +198,9 @@ def class_confusion_report(
     total = matrix.sum(axis=0)
     return {
         "classes": list(class_names),
+        "class_tags": index.class_tags,
         "categories": list(category_names),
+        "category_tags": index.category_tags,
         "rows": [*class_names, "<ins>"],
         "columns": [*class_names, "<del>"],
         "total": {"matrix": total.tolist(), "rates": class_rates(total, class_names)},
