@@ -206,3 +206,22 @@ def test_validation_logs_the_class_confusion_equal_to_jiwer(trained_run: Trained
         decoded = sum(1 for _, h in sentences for t in h if t != "|")
         assert sum(d["all"]["count"] for d in durations["classes"].values()) == decoded
         assert durations["frame_seconds"] == pytest.approx(0.02)
+
+
+def test_segments_of_random_logits_are_the_greedy_runs():
+    torch.manual_seed(0)
+    for _ in range(100):
+        logits = torch.randn(3, 40, 5)
+        logits[..., 0] += 1.0  # more blanks, as in CTC output
+        lengths = torch.randint(0, 41, (3,))
+        segments = greedy_segments(logits, lengths)
+        assert [[t for t, _, _ in s] for s in segments] == greedy_decode(logits, lengths)
+        best = logits.argmax(-1)
+        for b, utterance in enumerate(segments):
+            for i, (token, start, end) in enumerate(utterance):
+                assert best[b, start] == token and (start == 0 or best[b, start - 1] != token)
+                assert start < end <= lengths[b]
+                if i + 1 < len(utterance):
+                    assert end == utterance[i + 1][1]
+                else:  # the last token's own run
+                    assert best[b, end - 1] == token and (end == lengths[b] or best[b, end] != token)

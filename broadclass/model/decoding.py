@@ -86,18 +86,23 @@ def greedy_segments(logits: torch.Tensor, output_lengths: torch.Tensor, blank_id
     starts (word boundaries included), so blank frames after a token (CTC's peaky output) count towards
     it; the last token ends with its own run. The ids are those of :func:`greedy_decode`.
     """
-    best = logits.argmax(dim=-1).cpu()
-    segments = []
-    for row, length in zip(best.tolist(), output_lengths.tolist(), strict=True):
-        runs: list[list[int]] = []  # [token id, first frame, frame after the run]
-        previous = -1
-        for frame, token in enumerate(row[:length]):
-            if token != blank_id and token != previous:
-                runs.append([token, frame, frame + 1])
-            elif token != blank_id:
-                runs[-1][2] = frame + 1
-            previous = token
+    best = logits.argmax(dim=-1)
+    valid = frame_mask(output_lengths, best.shape[1])
+    token = (best != blank_id) & valid
+    starts = token & (best != torch.nn.functional.pad(best[:, :-1], (1, 0), value=-1))
+    # A run ends before a different frame, or at the utterance's last frame.
+    following = torch.nn.functional.pad(best[:, 1:], (0, 1), value=-1)
+    following_valid = torch.nn.functional.pad(valid[:, 1:], (0, 1), value=False)
+    ends = token & ((best != following) | ~following_valid)
+    counts = starts.sum(dim=1).tolist()
+    ids = best[starts].tolist()
+    start_frames = starts.nonzero()[:, 1].tolist()
+    end_frames = (ends.nonzero()[:, 1] + 1).tolist()
+    segments, first = [], 0
+    for n in counts:
+        row = range(first, first + n)
         segments.append(
-            [(token, start, runs[i + 1][1] if i + 1 < len(runs) else end) for i, (token, start, end) in enumerate(runs)]
+            [(ids[i], start_frames[i], start_frames[i + 1] if i + 1 < first + n else end_frames[i]) for i in row]
         )
+        first += n
     return segments
