@@ -65,14 +65,12 @@ class BroadClassModule(pl.LightningModule):
         self.confusion = nn.ModuleDict({r: CategoryConfusion(self.num_categories) for r in self.rules})
         self.errors = RecognitionErrors()
         class_names = list(labels.classes)
+        class_tags = [spec["tag"] for spec in labels.classes.values()]
         self.class_confusion = ClassConfusion(
-            class_names,
-            [spec["tag"] for spec in labels.classes.values()],
-            labels.category_names,
-            [c.tag for c in labels.categories],
+            class_names, class_tags, labels.category_names, [c.tag for c in labels.categories]
         )
         # The broad class (its number in the label config) of each token id; -1 for blank and word boundary.
-        self.token_class_number = [-1, -1] + [c for c in range(len(class_names)) for _ in labels.categories]
+        self.token_class_number = [class_tags.index(t) if t in class_tags else -1 for t in labels.token_class()]
         self.durations = ClassDurations(class_names, labels.category_names, frame_seconds(self.net.config, SAMPLE_RATE))
         # Summed over utterances and across processes, so under DDP it is the single-process number.
         self.eval_loss = MeanMetric()
