@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from broadclass.metrics.intervals import bootstrap_intervals, paired_comparison, utterance_scores
+from broadclass.metrics.intervals import (
+    bootstrap_intervals,
+    intervals_markdown,
+    paired_comparison,
+    paired_markdown,
+    utterance_scores,
+)
 
 CLASSES, TAGS = ["vowel", "plosive", "fricative"], ["v", "p", "f"]
 
@@ -108,3 +114,14 @@ def test_runs_without_common_utterances_cannot_be_paired():
     with pytest.raises(ValueError, match="no utterance id"):
         paired_comparison(scores(a), scores(b))
     assert np.array_equal(scores(a).true, [p["category"] for p in a])
+
+
+def test_one_speaker_gives_values_without_intervals():
+    predictions = records(6, seed=6, speakers=1)
+    result = bootstrap_intervals(scores(predictions))
+    assert result["clusters"] == 1
+    assert all(m["low"] is None and m["high"] is None for m in result["metrics"].values())
+    assert "none (fewer than 2 units)" in intervals_markdown(result)
+    paired = paired_comparison(scores(predictions), scores(predictions))
+    assert paired["ter_difference"]["p_value"] is None and paired["mcnemar"]["p_value"] == 1.0
+    assert "p = none" in paired_markdown(paired)

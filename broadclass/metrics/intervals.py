@@ -20,6 +20,8 @@ from broadclass.metrics.alignment import TokenIndex, align_tokens, alignment_cou
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
+# A bootstrap needs at least two units (speakers or utterances) to resample; with fewer, no interval.
+MIN_CLUSTERS = 2
 
 
 @dataclass
@@ -127,16 +129,19 @@ def bootstrap_intervals(
     statistics = _Statistics(scores)
     clusters = np.arange(len(statistics.counts))
     values = statistics(clusters)
-    result = stats.bootstrap(
-        (clusters,),
-        statistics,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
+    if len(clusters) < MIN_CLUSTERS:  # nothing to resample: no interval (None)
+        low = high = [None] * len(values)
+    else:
+        result = stats.bootstrap(
+            (clusters,),
+            statistics,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = (bound.tolist() for bound in result.confidence_interval)
     return {
         "confidence": confidence,
         "resamples": resamples,
@@ -144,8 +149,7 @@ def bootstrap_intervals(
         "clusters": len(clusters),
         "utterances": len(scores.ids),
         "metrics": {
-            name: {"value": float(values[i]), "low": float(low[i]), "high": float(high[i])}
-            for i, name in enumerate(statistics.names)
+            name: {"value": float(values[i]), "low": low[i], "high": high[i]} for i, name in enumerate(statistics.names)
         },
     }
 
@@ -177,18 +181,21 @@ def paired_comparison(
         total = counts[resampled.astype(np.int64)].sum(axis=-2)
         return _safe_ratio(total[..., 0] - total[..., 1], total[..., 2])
 
-    result = stats.bootstrap(
-        (np.arange(len(names)),),
-        ter_difference,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    differences = result.bootstrap_distribution
-    # Two-sided: twice the share of resampled differences on the far side of zero (at most 1).
-    p_ter = min(1.0, 2 * min(float((differences <= 0).mean()), float((differences >= 0).mean())))
+    low = high = p_ter = None
+    if len(names) >= MIN_CLUSTERS:
+        result = stats.bootstrap(
+            (np.arange(len(names)),),
+            ter_difference,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        differences = result.bootstrap_distribution
+        # Two-sided: twice the share of resampled differences on the far side of zero (at most 1).
+        p_ter = min(1.0, 2 * min(float((differences <= 0).mean()), float((differences >= 0).mean())))
     return {
         "utterances": len(common),
         "clustered_by": a.clustered_by if a.clustered_by == b.clustered_by else "utterance",
@@ -197,8 +204,8 @@ def paired_comparison(
         "mcnemar": {"only_a_right": only_a, "only_b_right": only_b, "p_value": float(mcnemar)},
         "ter_difference": {
             "a_minus_b": float(ter_difference(np.arange(len(names)))),
-            "low": float(result.confidence_interval.low),
-            "high": float(result.confidence_interval.high),
+            "low": low,
+            "high": high,
             "p_value": p_ter,
             "confidence": confidence,
             "resamples": resamples,
@@ -215,10 +222,15 @@ def intervals_markdown(intervals: Mapping[str, Any]) -> str:
         "| metric | value | interval |",
         "|:--|--:|:--:|",
     ]
-    lines += [
-        f"| {name} | {m['value']:.4f} | [{m['low']:.4f}, {m['high']:.4f}] |" for name, m in intervals["metrics"].items()
-    ]
+    lines += [f"| {name} | {m['value']:.4f} | {interval_text(m)} |" for name, m in intervals["metrics"].items()]
     return "\n".join(lines)
+
+
+def interval_text(bounds: Mapping[str, Any], sign: str = "") -> str:
+    """``[low, high]``, or why there is none (fewer than two units to resample)."""
+    if bounds["low"] is None:
+        return f"none (fewer than {MIN_CLUSTERS} units)"
+    return f"[{bounds['low']:{sign}.4f}, {bounds['high']:{sign}.4f}]"
 
 
 def paired_markdown(paired: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
@@ -232,6 +244,8 @@ def paired_markdown(paired: Mapping[str, Any], name_a: str = "A", name_b: str = 
             f"{name_b} alone right {m['only_b_right']}, p = {m['p_value']:.4g} "
             f"(accuracy {paired['accuracy']['a']:.4f} vs {paired['accuracy']['b']:.4f})",
             f"- TER({name_a}) − TER({name_b}) = {t['a_minus_b']:+.4f}, {t['confidence']:.0%} paired bootstrap "
-            f"interval [{t['low']:+.4f}, {t['high']:+.4f}], p = {t['p_value']:.4g} ({t['resamples']} resamples)",
+            f"interval {interval_text(t, '+')}, p = "
+            + (f"{t['p_value']:.4g}" if t["p_value"] is not None else "none")
+            + f" ({t['resamples']} resamples)",
         ]
     )

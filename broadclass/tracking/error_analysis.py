@@ -14,6 +14,7 @@ from typing import Any
 from broadclass.metrics.intervals import (
     UtteranceScores,
     bootstrap_intervals,
+    interval_text,
     intervals_markdown,
     paired_comparison,
     paired_markdown,
@@ -110,7 +111,7 @@ def paired_runs_markdown(
         row: list[object] = [metric]
         for result in intervals.values():
             m = result["metrics"].get(metric)
-            row += [f"{m['value']:.4f}", f"[{m['low']:.4f}, {m['high']:.4f}]"] if m else ["–", "–"]
+            row += [f"{m['value']:.4f}", interval_text(m)] if m else ["–", "–"]
         rows.append(row)
     return "\n".join(
         [
