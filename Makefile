@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.broadclass-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-accent test test-slow test-all lint ui bench lock clean
+.PHONY: install demo demo-accent test test-slow test-all lint ui bench gpu-check lock clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ lint: install
 bench: install
 	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
+
+# The reference recipe at XLSR-53's full size on a CUDA GPU, ours and the HF Trainer side by side, offline
+# (benchmarks/README.md). GPU_CHECK_ARGS="--smoke" runs the same pipeline on a CPU.
+gpu-check: install
+	$(PY) -c "import accelerate" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.gpu $(GPU_CHECK_ARGS)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port 5000

@@ -23,7 +23,7 @@ def _mixed_precision() -> str:
 
 
 def _run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> str:
-    from broadclass.resume import run_dir
+    from broadclass.training.resume import run_dir
 
     return run_dir(parent, overrides, run_name, resume)
 

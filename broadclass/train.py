@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from broadclass.config import check_config
-from broadclass.resume import RestoreRandomState, find_resume_point, mark_finished, remember_run
 from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
+from broadclass.training.resume import find_resume_point, mark_finished, remember_run
 
 
 def run_tags() -> dict[str, str]:
@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data)
     # Built as a partial: Hydra would turn a LabelMap argument into a config node.
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
-    callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), RestoreRandomState()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     tracker = mlflow_logger(loggers)
     if tracker is not None and trainer.is_global_zero:

@@ -34,6 +34,21 @@ TEST_MODEL = [
 ]
 
 
+# Two optimizer steps of the test model, each validated; no figures, no export, no test pass (the tests read
+# metrics).
+SHORT_RUN = [
+    *TEST_MODEL,
+    "trainer.max_steps=2",
+    "val_every_n_optimizer_steps=1",
+    "model.warmup_steps=1",
+    "test_after_fit=false",
+    "callbacks.export_model.enabled=false",
+    "trainer.enable_progress_bar=false",
+    "+callbacks.report.figures=false",
+    "+callbacks.report.console=false",
+]
+
+
 def compose_config(root: Path, overrides: list[str] = ()) -> DictConfig:
     """The real composed config, with every path under ``root`` and Hydra's runtime set."""
     GlobalHydra.instance().clear()

@@ -26,20 +26,8 @@ from broadclass.data.manifest import ManifestError, read_manifest
 from broadclass.data.phonemize import Phonemizer
 from broadclass.prepare import PrepareError, main, prepare_sets
 from broadclass.train import train
-from tests.conftest import CONF_DIR, TEST_MODEL, compose_config
+from tests.conftest import CONF_DIR, SHORT_RUN, compose_config
 
-# Two optimizer steps of the test model, each validated; no export, figures or test pass.
-SHORT_RUN = [
-    *TEST_MODEL,
-    "trainer.max_steps=2",
-    "val_every_n_optimizer_steps=1",
-    "model.warmup_steps=1",
-    "test_after_fit=false",
-    "callbacks.export_model.enabled=false",
-    "trainer.enable_progress_bar=false",
-    "+callbacks.report.figures=false",
-    "+callbacks.report.console=false",
-]
 # (speaker = eSpeak voice, category, text): 4 speakers, 2 categories, 2 sentences each.
 UTTERANCES = [
     ("en-us+m1", "male", "the cat sat on the mat"),

@@ -9,8 +9,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from broadclass.model.guard import NonFiniteTrainingError
 from broadclass.train import train
+from broadclass.training.callbacks import NonFiniteTrainingError
 
 
 class PoisonBatches(pl.Callback):

@@ -19,8 +19,9 @@ import torch
 from pytorch_lightning.demos.boring_classes import BoringModel
 
 from broadclass.data.datamodule import LengthBucketBatchSampler
-from broadclass.resume import FINISHED_FILE, BestAndLastCheckpoint, find_resume_point, run_dir
 from broadclass.train import train
+from broadclass.training.callbacks import BestAndLastCheckpoint
+from broadclass.training.resume import FINISHED_FILE, find_resume_point, run_dir
 from tests.conftest import TEST_MODEL
 
 REPO = Path(__file__).resolve().parents[1]

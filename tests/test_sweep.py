@@ -17,23 +17,11 @@ import yaml
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.prepare import prepare_sets
 from broadclass.tracking import compare
-from tests.conftest import TEST_MODEL, compose_config
+from tests.conftest import SHORT_RUN, compose_config
 
 DEMO_CATEGORIES = (
     "data.categories=[{name: male, tag: m}, {name: female, tag: f}, {name: whisper, tag: w}, {name: creaky, tag: c}]"
 )
-# Two optimizer steps of the test model, each validated; no figures, no export (the tests read metrics).
-SHORT = [
-    *TEST_MODEL,
-    "trainer.max_steps=2",
-    "val_every_n_optimizer_steps=1",
-    "model.warmup_steps=1",
-    "test_after_fit=false",
-    "callbacks.export_model.enabled=false",
-    "trainer.enable_progress_bar=false",
-    "+callbacks.report.figures=false",
-    "+callbacks.report.console=false",
-]
 
 
 def multirun(root: Path, *overrides: str) -> Path:
@@ -103,7 +91,7 @@ def set_sweep(tmp_path_factory, demo_corpus) -> tuple[Path, Path]:
         f"paths.sets_dir={root / 'sets'}",
         DEMO_CATEGORIES,
         "data.num_workers=0",
-        *SHORT,
+        *SHORT_RUN,
         "hydra/launcher=local",  # joblib, 2 processes
     )
     _SET_SWEEP["sweep"] = (root, sweep)
@@ -185,7 +173,7 @@ def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_
         demo_corpus,
         "model.lr=1e-3,2e-3",
         "model.warmup_steps=2,5",
-        *(o for o in SHORT if not o.startswith("model.warmup_steps")),
+        *(o for o in SHORT_RUN if not o.startswith("model.warmup_steps")),
         "hydra/launcher=local",
     )
     result = compare.compare(str(sweep), f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -201,7 +189,7 @@ def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_
 
 @pytest.mark.slow
 def test_optuna_sweep_reports_the_best_of_the_values_train_returned(tmp_path, demo_corpus):
-    sweep = demo_multirun(tmp_path, demo_corpus, "+hparams_search=demo_optuna", "hydra.sweeper.n_trials=2", *SHORT)
+    sweep = demo_multirun(tmp_path, demo_corpus, "+hparams_search=demo_optuna", "hydra.sweeper.n_trials=2", *SHORT_RUN)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = runs_of(tmp_path, "demo")

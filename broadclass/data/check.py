@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -32,9 +31,6 @@ from omegaconf import OmegaConf
 from broadclass.data.audio import AudioCache, AudioError
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import ManifestError, listed, read_manifest
-
-if TYPE_CHECKING:
-    from pytorch_lightning.loggers import MLFlowLogger
 
 # What each kind means, in report order.
 KINDS = {
@@ -259,14 +255,6 @@ def apply_report(splits: Mapping[str, Sequence[dict]], report: DataReport, on_er
     if emptied:
         raise DataCheckError(report, f"data.on_error=skip leaves no rows in: {', '.join(emptied)}.")
     return kept
-
-
-def log_check_report(logger: MLFlowLogger, report: DataReport) -> None:
-    """``data/check_report.json`` and the count of rows with errors, on the run behind ``logger``."""
-    logger.experiment.log_text(
-        logger.run_id, json.dumps(report.to_dict(), ensure_ascii=False, indent=2), "data/check_report.json"
-    )
-    logger.log_hyperparams({"data/check/rows_with_errors": len(report.bad_sources())})
 
 
 # ---- command line -------------------------------------------------------------------------------

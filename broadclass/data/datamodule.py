@@ -14,10 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from broadclass.data.audio import AudioCache, change_speed, normalize
-from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_splits, log_check_report
+from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_splits
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
-from broadclass.tracking.mlflow_run import mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -261,14 +260,12 @@ class BroadClassDataModule(pl.LightningDataModule):
             raise ValueError("data.train_manifest is not set and no prepare step produced one")
 
     def _checked(self, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
-        """Every row checked before any training (broadclass.data.check); the report goes to MLflow."""
+        """Every row checked before any training (broadclass.data.check). The report stays in ``check_report``
+        (broadclass.tracking.callbacks.DataCheckLog puts it on the MLflow run)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         net = getattr(module, "net", None)
         encoder = EncoderGeometry.of(net.config) if net is not None else EncoderGeometry()
         self.check_report = check_splits(splits, self.label_map, self.audio, encoder, self.allow_speaker_overlap)
-        tracker = mlflow_logger(self.trainer.loggers) if self.trainer is not None else None
-        if tracker is not None:
-            log_check_report(tracker, self.check_report)
         kept = apply_report(splits, self.check_report, self.on_error)
         if self.check_report.problems:
             log.warning(self.check_report.format())

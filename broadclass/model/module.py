@@ -17,10 +17,14 @@ from broadclass.metrics.durations import ClassDurations
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
-from broadclass.model.guard import loss_scaler
 
 # wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
 SAMPLE_RATE = 16_000
+
+
+def loss_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
+    """The ``16-mixed`` loss scaler Lightning steps the optimizer through, or None (fp32, bf16)."""
+    return getattr(trainer.precision_plugin, "scaler", None)
 
 
 class BroadClassModule(pl.LightningModule):

@@ -5,10 +5,10 @@
   is reused unless its run finished (a ``FINISHED`` file), so re-running the command finds it.
 * :func:`find_resume_point` picks the newest checkpoint in ``<run>/checkpoints`` and the MLflow run id
   kept beside it (``mlflow_run.json``, written by :func:`remember_run` when the run is created).
-* :class:`RestoreRandomState` keeps the random generators (dropout, SpecAugment) in the checkpoint and
-  puts them back just before the first resumed step; the datamodule's train loader is stateful, so
-  the epoch goes on from the batch after the checkpoint (see ``ResumableDataLoader``). On CPU with
-  ``trainer.deterministic=true`` a resumed run's numbers equal an uninterrupted run's, bit for bit.
+* ``broadclass.training.callbacks.RestoreRandomState`` keeps the random generators (dropout, SpecAugment)
+  in the checkpoint and puts them back just before the first resumed step; the datamodule's train loader
+  is stateful, so the epoch goes on from the batch after the checkpoint (see ``ResumableDataLoader``). On
+  CPU with ``trainer.deterministic=true`` a resumed run's numbers equal an uninterrupted run's, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,15 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pytorch_lightning as pl
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,51 +79,3 @@ def remember_run(output_dir: str | Path, run_id: str, tracking_uri: str) -> None
 def mark_finished(output_dir: str | Path) -> None:
     """A finished run is never resumed: the same command then starts a new run folder."""
     (Path(output_dir) / FINISHED_FILE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
-
-
-class RestoreRandomState(pl.Callback):
-    """Random generator states in every checkpoint, restored right before the first resumed step.
-
-    Restored at that point rather than on load: between loading and the first step Lightning builds
-    loaders and the model, which an uninterrupted run did not do at that point of its random streams.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
-        return {
-            "python": random.getstate(),
-            # Plain types, not the ndarray get_state() gives: checkpoints must load with weights_only=True.
-            "numpy": (kind, keys.tolist(), position, has_gauss, gauss),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if self._pending is None:
-            return
-        state, self._pending = self._pending, None
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class BestAndLastCheckpoint(pl.callbacks.ModelCheckpoint):
-    """The best checkpoint(s), and ``last.ckpt`` rewritten after every validation.
-
-    Lightning rewrites ``last.ckpt`` only at a validation that also saved a top-k checkpoint: once the
-    monitored metric stops improving, ``last`` would stay at the best step, and a crash would send the
-    run back there.
-    """
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
