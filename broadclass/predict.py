@@ -8,13 +8,16 @@ Audio of any sample rate and channel count is decoded to 16 kHz mono (as in trai
 batched by length (longest first, so an out-of-memory error comes at once), on the GPU when there is
 one. One JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
 ``tokens`` (``v_m``, ``|``, ...), ``text`` (the tokens space-separated: what the exported model's
-transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept) and, per
+transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept), ``segments``
+(each token with its ``start`` and ``end`` in seconds: from the first encoder frame of its greedy CTC run
+to the start of the next token, frames of the encoder's stride, 20 ms for wav2vec2) and, per
 decision rule, the ``category`` with its ``confidence`` (``posterior``: the category's share of the
 posterior mass; ``vote``: its share of the decoded tokens; ``head``: the head's probability), plus
 ``posteriors`` per category.
 
 A manifest whose rows have ``phones`` and ``category`` is scored too: the report (the validation code:
-per-category precision/recall/F1 under every rule, WER, TER) is printed and written to
+per-category precision/recall/F1 under every rule, WER, TER, the broad-class confusion with S/D/I rates
+per class and category, and the duration of each class's segments) is printed and written to
 ``<output stem>.report.json`` and ``.report.txt``. Files that cannot be read are listed on stderr and in
 ``<output stem>.errors.jsonl``; every other file is still predicted.
 """
@@ -42,8 +45,10 @@ from broadclass.data.audio import AudioError, decode, normalize
 from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, format_report
+from broadclass.metrics.alignment import ClassConfusion, class_analysis_text
+from broadclass.metrics.durations import ClassDurations
 from broadclass.model.checkpoint import ModelLoadError, TrainedModel
-from broadclass.model.decoding import category_posteriors, greedy_decode, vote_share
+from broadclass.model.decoding import category_posteriors, frame_seconds, greedy_segments, vote_share
 from broadclass.model.module import BroadClassModule
 from broadclass.tracking.run_model import load_model
 
@@ -210,7 +215,9 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
         batch["input_values"].to(module.device, non_blocking=True),
         batch["attention_mask"].to(module.device, non_blocking=True),
     )
-    decoded = greedy_decode(out["logits"], out["output_lengths"], labels.blank_id)
+    segments = greedy_segments(out["logits"], out["output_lengths"], labels.blank_id)
+    decoded = [[token for token, _, _ in utterance] for utterance in segments]
+    seconds = frame_seconds(module.net.config, SAMPLE_RATE)
     preds = {rule: p.tolist() for rule, p in module.predict_categories(out, decoded).items()}
     scores = rule_distributions(module, out, decoded)
     samples = batch["attention_mask"].sum(dim=1).tolist()
@@ -226,6 +233,10 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
                 "tokens": tokens,
                 "text": " ".join(tokens),
                 "classes": [token_class[i] for i in ids],
+                "segments": [
+                    {"token": tokens[n], "start": round(start * seconds, 4), "end": round(end * seconds, 4)}
+                    for n, (_, start, end) in enumerate(segments[row])
+                ],
                 "category": {
                     rule: {"name": names[k], "confidence": round(float(scores[rule][row, k]), 4)}
                     for rule, k in decisions.items()
@@ -239,12 +250,21 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
 
 
 class Scorer:
-    """The validation metrics (a category confusion per rule, WER and TER) over predicted utterances."""
+    """The validation metrics (a category confusion per rule, WER and TER, the class confusion and the
+    class durations) over predicted utterances."""
 
-    def __init__(self, labels: LabelMap, rules: Sequence[str]):
+    def __init__(self, labels: LabelMap, rules: Sequence[str], frame_seconds: float):
         self.labels = labels
         self.confusion = {rule: CategoryConfusion(len(labels.categories)) for rule in rules}
         self.recognition = RecognitionErrors()
+        class_names = list(labels.classes)
+        class_tags = [spec["tag"] for spec in labels.classes.values()]
+        self.class_number = {tag: c for c, tag in enumerate(class_tags)}
+        self.class_confusion = ClassConfusion(
+            class_names, class_tags, labels.category_names, [c.tag for c in labels.categories]
+        )
+        self.frame_seconds = frame_seconds
+        self.durations = ClassDurations(class_names, labels.category_names, frame_seconds)
 
     def update(self, utterances: Sequence[Utterance], records: Sequence[dict[str, Any]]) -> None:
         """Score a batch; each record gets its ``reference`` (category and tokens)."""
@@ -257,7 +277,22 @@ class Scorer:
         truth = torch.tensor([labels.category_index(utt.category) for utt in utterances])
         for rule, metric in self.confusion.items():
             metric.update(torch.tensor([labels.category_index(r["category"][rule]["name"]) for r in records]), truth)
-        self.recognition.update([r["reference"]["tokens"] for r in records], [r["tokens"] for r in records])
+        refs, hyps = [r["reference"]["tokens"] for r in records], [r["tokens"] for r in records]
+        self.recognition.update(refs, hyps)
+        categories = truth.tolist()
+        self.class_confusion.update(refs, hyps, categories)
+        # Segment times are whole frames, rounded to 0.1 ms: rounding back to frames is exact.
+        self.durations.update(
+            [
+                [
+                    (self.class_number[tag], round((seg["end"] - seg["start"]) / self.frame_seconds))
+                    for tag, seg in zip(r["classes"], r["segments"], strict=True)
+                    if tag in self.class_number
+                ]
+                for r in records
+            ],
+            categories,
+        )
 
     def report(self, source: str, utterances: int) -> dict[str, Any]:
         return {
@@ -267,6 +302,8 @@ class Scorer:
             "errors": {name: float(value) for name, value in self.recognition.compute().items()},
             "rules": {rule: metric.report() for rule, metric in self.confusion.items()},
             "confusion": {rule: metric.compute().tolist() for rule, metric in self.confusion.items()},
+            "class_confusion": self.class_confusion.compute(),
+            "durations": self.durations.compute(),
         }
 
 
@@ -288,7 +325,8 @@ def predict(
             outputs.errors.append(failure(utt, str(err)))
     labels = trained.labels
     module = trained.module.to(resolve_device(device)).eval()
-    scorer = Scorer(labels, module.rules) if check_references(readable, labels) else None
+    seconds = frame_seconds(module.net.config, SAMPLE_RATE)
+    scorer = Scorer(labels, module.rules, seconds) if check_references(readable, labels) else None
     loader = DataLoader(
         AudioDataset(readable),
         batch_sampler=length_sorted_batches(readable, batch_size),
@@ -328,6 +366,7 @@ def report_text(report: dict[str, Any]) -> str:
     ]
     for rule, scores in report["rules"].items():
         lines += ["", f"category (rule: {rule})", format_report(scores, report["categories"], digits=4)]
+    lines += ["", class_analysis_text(report["class_confusion"], report["durations"])]
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """``python -m broadclass.report <run id or run name>``: the Markdown model card of an MLflow run.
 
 ``--compare <experiment name or sweep dir>`` hands over to ``broadclass.tracking.compare`` (side-by-side
-tables of several runs).
+tables of several runs). ``--compare A B`` with two runs (ids or names) scored on the same utterances:
+their bootstrap intervals side by side and the paired tests (McNemar on the category decisions, a paired
+bootstrap on TER), on the evaluation both logged (the test where both have one, else the best validation).
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broadclass.tracking.model_card import build_card
+from broadclass.tracking.error_analysis import paired_runs_markdown
+from broadclass.tracking.model_card import RunRecord, build_card, evaluation_predictions, evaluations_of
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m broadclass.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", help="MLflow run id or run name")
+    parser.add_argument("run", nargs="?", help="MLflow run id or run name (with --compare RUN: the second run)")
     parser.add_argument(
         "--compare",
         metavar="EXPERIMENT_OR_SWEEP_DIR",
-        help="compare the runs of an MLflow experiment or a Hydra sweep instead (broadclass.tracking.compare)",
+        help="compare the runs of an MLflow experiment or a Hydra sweep instead (broadclass.tracking.compare); "
+        "--compare RUN_A RUN_B: two runs on the same utterances, with paired tests",
     )
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
     parser.add_argument(
@@ -29,13 +33,53 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--over", action="append", help="with --compare: an override key to aggregate over too")
     args = parser.parse_args(argv)
-    if (args.run is None) == (args.compare is None):
-        parser.error("give either a run id or name, or --compare EXPERIMENT_OR_SWEEP_DIR")
+    if args.run is None and args.compare is None:
+        parser.error("give a run id or name, --compare EXPERIMENT_OR_SWEEP_DIR, or --compare RUN_A RUN_B")
     return args
+
+
+def shared_evaluations(records: Sequence[RunRecord]) -> list[tuple[str, dict]]:
+    """(folder, report.json) of each run's test when all have one, else of each best validation."""
+    per_run = [{report["stage"]: (folder, report) for _, folder, report in evaluations_of(r)} for r in records]
+    for stage in ("test", "val"):
+        if all(stage in evaluations for evaluations in per_run):
+            return [evaluations[stage] for evaluations in per_run]
+    names = ", ".join(r.name for r, evaluations in zip(records, per_run, strict=True) if not evaluations)
+    raise RunLookupError(f"the runs have no evaluation in common to pair (none logged by: {names or 'none'})")
+
+
+def compare_two_runs(args: argparse.Namespace) -> str:
+    """The paired comparison of ``--compare A B`` as Markdown."""
+    client = open_store(args.tracking_uri or default_tracking_uri())
+    records = [RunRecord.load(client, find_run(client, ref).info.run_id) for ref in (args.compare, args.run)]
+    parts = []
+    for record, (folder, report) in zip(records, shared_evaluations(records), strict=True):
+        predictions = evaluation_predictions(record, folder)
+        if not predictions:
+            raise RunLookupError(f"run {record.name} logged no {folder}/predictions.jsonl")
+        parts += [record.name, report, predictions]
+    return paired_runs_markdown(*parts)
+
+
+def write_or_print(text: str, out: Path | None, what: str) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"{what} written to {out}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare is not None and args.run is not None:
+        try:
+            comparison = compare_two_runs(args)
+        except (RunLookupError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        write_or_print(comparison, args.out, f"comparison of {args.compare} and {args.run}")
+        return 0
     if args.compare is not None:
         # Imported here: the comparison is its own module and pulls in what only it (pandas) needs. It
         # finds its own default store (the mlflow.db above a sweep folder), so tracking_uri may be None.
@@ -49,12 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     card = build_card(client, run.info.run_id)
-    if args.out is None:
-        sys.stdout.write(card)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(card, encoding="utf-8")
-        print(f"model card of run {run.info.run_id} ({run.info.run_name}) written to {args.out}", file=sys.stderr)
+    write_or_print(card, args.out, f"model card of run {run.info.run_id} ({run.info.run_name})")
     return 0
 
 

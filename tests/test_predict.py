@@ -87,8 +87,24 @@ def test_a_manifest_with_references_is_scored_and_the_report_written(trained_run
     strip = lambda tokens: " ".join(t.rpartition("_")[0] for t in tokens if t != "|")  # noqa: E731
     ter = jiwer.wer([strip(r["reference"]["tokens"]) for r in records], [strip(r["tokens"]) for r in records])
     assert report["errors"]["ter"] == pytest.approx(ter)
+    # The class confusion's edits are jiwer's over the same class sequences.
+    words = jiwer.process_words(
+        [strip(r["reference"]["tokens"]) for r in records], [strip(r["tokens"]) for r in records]
+    )
+    matrix = report["class_confusion"]["total"]["matrix"]
+    gap = len(matrix) - 1
+    assert sum(row[gap] for row in matrix[:gap]) == words.deletions
+    assert sum(matrix[gap][:gap]) == words.insertions
+    for r in records:
+        # One segment per decoded token, in order, within the audio, on the 20 ms frame grid.
+        assert [seg["token"] for seg in r["segments"]] == r["tokens"]
+        times = [t for seg in r["segments"] for t in (seg["start"], seg["end"])]
+        assert times == sorted(times) and all(0 <= t <= r["duration"] + 0.02 for t in times)
+        assert all(round(t / 0.02, 6).is_integer() for t in times)
+    durations = report["durations"]["classes"]
+    assert sum(d["all"]["count"] for d in durations.values()) == sum(len(strip(r["tokens"]).split()) for r in records)
     printed = capsys.readouterr().out
-    assert "category (rule: posterior)" in printed and "macro avg" in printed
+    assert "category (rule: posterior)" in printed and "macro avg" in printed and "broad classes" in printed
     assert out.with_suffix(".report.txt").read_text(encoding="utf-8").strip() == printed.strip()
 
 

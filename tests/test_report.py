@@ -136,3 +136,32 @@ def test_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys
     assert main(["some-run", "--tracking-uri", f"sqlite:///{store}"]) == 2
     assert f"no MLflow store at {store}" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_card_has_the_error_analysis_with_intervals_from_the_logged_predictions(run, tmp_path):
+    cfg, client, run_id = run
+    card = card_of(run_id, client.tracking_uri, tmp_path)
+    test = card.split("### Test (best checkpoint, step ", 1)[1]
+    assert "95% bootstrap intervals over" in test and "#### Broad classes" in test
+    row = next(line for line in test.splitlines() if line.startswith("| ter |"))
+    # The interval's point value is the logged test TER.
+    (ter,) = [v for _, v in history(client, run_id, "test/ter")]
+    value, interval = (cell.strip() for cell in row.strip("|").split("|")[1:3])
+    low, high = (float(x) for x in interval.strip("[]").split(","))
+    assert float(value) == pytest.approx(ter, abs=1e-4) and low <= float(value) <= high
+    for name in ("vowel", "plosive", "fricative", "nasal", "approximant"):
+        assert f"| {name} | all | " in test
+
+
+def test_compare_two_runs_gives_intervals_and_the_paired_tests(run, tmp_path, capsys):
+    cfg, client, run_id = run
+    name = client.get_run(run_id).info.run_name
+    out = tmp_path / "paired.md"
+    # A run against itself: the same decisions and transcriptions, so nothing to tell them apart.
+    assert main(["--compare", run_id, name, "--tracking-uri", client.tracking_uri, "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert f"## {name} vs {name}" in text and "| accuracy |" in text
+    assert "McNemar exact test" in text and "alone right 0" in text and "p = 1" in text
+    assert "= +0.0000" in text
+    assert main(["--compare", run_id, "no-such-run", "--tracking-uri", client.tracking_uri]) == 2
+    assert "no run with id or name 'no-such-run'" in capsys.readouterr().err

@@ -48,6 +48,7 @@ class UtteranceDataset(Dataset):
             "labels": self.targets[index],
             "category": self.categories[index],
             "id": row["id"],
+            "speaker": row.get("speaker"),
         }
 
 
@@ -185,6 +186,7 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
         "label_lengths": label_lengths,
         "categories": torch.tensor([item["category"] for item in items]),
         "ids": [item["id"] for item in items],
+        "speakers": [item.get("speaker") for item in items],
     }
 
 

@@ -21,6 +21,10 @@ import numpy as np
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 ESPEAK_INITIALIZE_DONT_EXIT = 0x8000  # return an error instead of calling exit() when data is missing
+# Phoneme events (with IPA names) in the synth callback: the phone timings of what was synthesised.
+ESPEAK_INITIALIZE_PHONEME_EVENTS = 0x0001
+ESPEAK_INITIALIZE_PHONEME_IPA = 0x0002
+EVENT_LIST_TERMINATED, EVENT_PHONEME = 0, 7
 CHARS_UTF8 = 1
 POS_CHARACTER = 1
 PHONEMES_IPA = 0x02
@@ -28,7 +32,23 @@ PHONEME_SEPARATOR = "."  # never part of an eSpeak IPA phoneme, so splitting on 
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
 EE_OK = 0
 
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h; ``id`` is a union whose ``char string[8]`` holds a phoneme's name."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds from the start of the synthesis
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 class ESpeakError(RuntimeError):
@@ -95,9 +115,8 @@ class ESpeak:
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Info.restype = ctypes.c_char_p
 
-        rate = lib.espeak_Initialize(
-            AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), ESPEAK_INITIALIZE_DONT_EXIT
-        )
+        options = ESPEAK_INITIALIZE_DONT_EXIT | ESPEAK_INITIALIZE_PHONEME_EVENTS | ESPEAK_INITIALIZE_PHONEME_IPA
+        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, str(self.data_path).encode(), options)
         if rate <= 0:
             raise ESpeakError(f"espeak_Initialize failed (returned {rate}) with data at {self.data_path}")
         self.sample_rate = rate
@@ -109,6 +128,7 @@ class ESpeak:
         libc_name = ctypes.util.find_library("c")
         self._libc = ctypes.CDLL(libc_name) if libc_name else None
         self._chunks: list[bytes] = []
+        self._phones: list[tuple[str, float]] = []
         # ctypes does not keep the function pointer alive: without this reference the callback would
         # be garbage-collected while eSpeak still calls it.
         self._callback = _SynthCallback(self._on_samples)
@@ -116,9 +136,15 @@ class ESpeak:
         self._lock = threading.Lock()
         self._voice: str | None = None
 
-    def _on_samples(self, wav: ctypes._Pointer, count: int, _events: int | None) -> int:
+    def _on_samples(self, wav: ctypes._Pointer, count: int, events: ctypes._Pointer) -> int:
         if wav and count > 0:
             self._chunks.append(ctypes.string_at(wav, count * 2))
+        i = 0
+        while events and events[i].type != EVENT_LIST_TERMINATED:
+            if events[i].type == EVENT_PHONEME:
+                name = bytes(events[i].id).split(b"\0", 1)[0].decode("utf-8", errors="replace")
+                self._phones.append((name, events[i].audio_position / 1000))
+            i += 1
         return 0  # 0 = keep synthesising
 
     def _set_voice(self, voice: str) -> None:
@@ -135,7 +161,14 @@ class ESpeak:
         self._voice = voice
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50, *, seed: int = 0) -> np.ndarray:
-        """16-bit samples at :attr:`sample_rate` for ``text`` spoken by ``voice``.
+        """16-bit samples at :attr:`sample_rate` for ``text`` spoken by ``voice`` (see :meth:`synthesize_timed`)."""
+        return self.synthesize_timed(text, voice, rate, pitch, seed=seed)[0]
+
+    def synthesize_timed(
+        self, text: str, voice: str, rate: int = 175, pitch: int = 50, *, seed: int = 0
+    ) -> tuple[np.ndarray, list[tuple[str, float]]]:
+        """16-bit samples at :attr:`sample_rate` for ``text`` spoken by ``voice``, and the phones eSpeak
+        rendered: ``(IPA name, start in seconds)`` from its phoneme events, in order (pauses are ``_``).
 
         ``rate`` is in words per minute (80–450), ``pitch`` 0–100 within the voice's own pitch range.
         ``seed`` fixes the breath noise. eSpeak also carries oscillator phase and pitch flutter from one
@@ -154,14 +187,15 @@ class ESpeak:
             self._lib.espeak_ng_SetRandSeed(seed)
             if self._libc is not None:
                 self._libc.srand(ctypes.c_uint(seed & 0xFFFFFFFF))
-            self._chunks = []
+            self._chunks, self._phones = [], []
             status = self._lib.espeak_Synth(encoded, len(encoded), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None)
             if status == EE_OK:
                 status = self._lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
+            phones, self._phones = self._phones, []
         if status != EE_OK:
             raise ESpeakError(f"espeak_Synth failed (error {status}) for voice {voice!r}, text {text!r}")
-        return np.frombuffer(b"".join(chunks), dtype=np.int16).copy()
+        return np.frombuffer(b"".join(chunks), dtype=np.int16).copy(), phones
 
     def phonemes(self, text: str, voice: str) -> list[list[str]]:
         """IPA phonemes of ``text`` as ``voice``'s accent says them: one list of phoneme units per word.

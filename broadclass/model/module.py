@@ -12,9 +12,14 @@ from torchmetrics import MeanMetric
 
 from broadclass.data.labels import LabelMap
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
+from broadclass.metrics.alignment import ClassConfusion, class_rate_metrics
+from broadclass.metrics.durations import ClassDurations
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
-from broadclass.model.decoding import RULES, category_posteriors, greedy_decode, vote
+from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
+
+# wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
+SAMPLE_RATE = 16_000
 
 
 def loss_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
@@ -64,6 +69,14 @@ class BroadClassModule(pl.LightningModule):
         self.rules = [r for r in RULES if r != "head" or self.category_head is not None]
         self.confusion = nn.ModuleDict({r: CategoryConfusion(self.num_categories) for r in self.rules})
         self.errors = RecognitionErrors()
+        class_names = list(labels.classes)
+        class_tags = [spec["tag"] for spec in labels.classes.values()]
+        self.class_confusion = ClassConfusion(
+            class_names, class_tags, labels.category_names, [c.tag for c in labels.categories]
+        )
+        # The broad class (its number in the label config) of each token id; -1 for blank and word boundary.
+        self.token_class_number = [class_tags.index(t) if t in class_tags else -1 for t in labels.token_class()]
+        self.durations = ClassDurations(class_names, labels.category_names, frame_seconds(self.net.config, SAMPLE_RATE))
         # Summed over utterances and across processes, so under DDP it is the single-process number.
         self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
@@ -130,13 +143,17 @@ class BroadClassModule(pl.LightningModule):
         out = self(batch["input_values"], batch["attention_mask"])
         loss, _ = self._loss(out, batch)
         self.eval_loss.update(loss.detach().float(), weight=len(batch["ids"]))
-        decoded = greedy_decode(out["logits"], out["output_lengths"], self.labels.blank_id)
+        segments = greedy_segments(out["logits"], out["output_lengths"], self.labels.blank_id)
+        decoded = [[token for token, _, _ in utterance] for utterance in segments]
         preds = self.predict_categories(out, decoded)
         for rule, pred in preds.items():
             self.confusion[rule].update(pred, batch["categories"])
         refs = [self.labels.decode(row[row >= 0].tolist()) for row in batch["labels"].cpu()]
         hyps = [self.labels.decode(ids) for ids in decoded]
         self.errors.update(refs, hyps)
+        categories = batch["categories"].tolist()
+        self.class_confusion.update(refs, hyps, categories)
+        self.durations.update(self.class_segments(segments), categories)
         # Kept per utterance for error analysis (and so the logged report can be recomputed).
         host_preds = {rule: pred.tolist() for rule, pred in preds.items()}
         for i, utt_id in enumerate(batch["ids"]):
@@ -147,8 +164,14 @@ class BroadClassModule(pl.LightningModule):
                     "predicted": {rule: values[i] for rule, values in host_preds.items()},
                     "reference": " ".join(refs[i]),
                     "hypothesis": " ".join(hyps[i]),
+                    "speaker": batch["speakers"][i] if "speakers" in batch else None,
                 }
             )
+
+    def class_segments(self, segments: list[list[tuple[int, int, int]]]) -> list[list[tuple[int, int]]]:
+        """(class number, frames) of each decoded class token (word boundaries left out)."""
+        classes = self.token_class_number
+        return [[(classes[t], end - start) for t, start, end in utterance if classes[t] >= 0] for utterance in segments]
 
     def _evaluation_epoch_end(self, stage: str) -> None:
         rule = self.hparams.decision_rule
@@ -161,6 +184,8 @@ class BroadClassModule(pl.LightningModule):
         for other in self.rules:
             acc = self.confusion[other].report()["accuracy"]
             metrics[f"{stage}/rule/{other}/accuracy"] = acc
+        class_confusion = self.class_confusion.compute()
+        metrics.update(class_rate_metrics(class_confusion, stage))
         # Logged at the optimizer step: Lightning's default logger step during validation is one less (it
         # counts the step after validation has run); a logged "step" is the step loggers use instead.
         position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
@@ -175,10 +200,12 @@ class BroadClassModule(pl.LightningModule):
             "confusion": confusion.tolist(),
             "errors": errors,
             "metrics": metrics,
+            "class_confusion": class_confusion,
+            "durations": self.durations.compute(),
             "predictions": self._all_predictions(),
         }
         self.predictions = []
-        for metric in (*self.confusion.values(), self.errors, self.eval_loss):
+        for metric in (*self.confusion.values(), self.errors, self.eval_loss, self.class_confusion, self.durations):
             metric.reset()
 
     def _all_predictions(self) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broadclass.data.check import DataReport
-from broadclass.tracking.figures import confusion_figure, figure_image
+from broadclass.tracking.figures import class_confusion_figure, confusion_figure, figure_image
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 
@@ -39,7 +39,9 @@ def report_table(last: dict) -> Table:
 
 
 class ValidationReport(pl.Callback):
-    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png, predictions.jsonl}`` to MLflow.
+    """Logs ``<stage>/step_<N>/{report.json, confusion.json, confusion.png, predictions.jsonl}`` to MLflow,
+    and the error analysis: ``class_confusion.{json,png}`` (broadclass.metrics.alignment) and
+    ``durations.json`` (broadclass.metrics.durations).
 
     A validation's files are written by a background thread while training goes on (~0.3 s, most of
     it the figure); the next validation and the end of training wait for it and raise what it raised.
@@ -94,10 +96,15 @@ class ValidationReport(pl.Callback):
             json.dumps({"categories": last["categories"], "rows_true_cols_pred": last["confusion"]}, indent=2),
             f"{folder}/confusion.json",
         )
+        client.log_text(run_id, json.dumps(last["class_confusion"], indent=2), f"{folder}/class_confusion.json")
+        client.log_text(run_id, json.dumps(last["durations"], indent=2), f"{folder}/durations.json")
         if self.figures:
             figure = confusion_figure(last["confusion"], last["categories"], title=f"{folder} ({last['rule']})")
             client.log_figure(run_id, figure, f"{folder}/confusion.png")
             client.log_image(run_id, figure_image(figure), key=f"{last['stage']}/confusion", step=last["step"])
+            figure.clf()
+            figure = class_confusion_figure(last["class_confusion"], title=f"{folder}: broad classes")
+            client.log_figure(run_id, figure, f"{folder}/class_confusion.png")
             figure.clf()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

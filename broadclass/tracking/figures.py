@@ -1,8 +1,9 @@
-"""Figures for MLflow: the confusion matrix with category names."""
+"""Figures for MLflow: the category confusion matrix and the class confusion of the error analysis."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -44,3 +45,33 @@ def figure_image(figure: Figure):
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+
+
+def class_confusion_figure(analysis: dict[str, Any], title: str = "") -> Figure:
+    """The class confusion (``broadclass.metrics.alignment``) in total and per reference category: counts,
+    colour by share of the reference class's row (the last row, insertions, by share of all insertions)."""
+    import numpy as np
+
+    panels = [("all categories", analysis["total"]["matrix"])]
+    panels += [(name, part["matrix"]) for name, part in analysis["by_category"].items()]
+    rows, columns = analysis["rows"], analysis["columns"]
+    size = 1.0 + 0.55 * len(rows)
+    figure = Figure(figsize=(size * len(panels) + 1.0, size + 0.6))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, matrix) in zip(axes, panels, strict=True):
+        counts = np.asarray(matrix, dtype=float)
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(columns)), labels=columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), labels=rows, fontsize=7)
+        ax.set_xlabel("hypothesis")
+        ax.set_title(name, fontsize=9)
+        for i in range(len(rows)):
+            for j in range(len(columns)):
+                if counts[i, j]:
+                    colour = "white" if shares[i, j] > 0.5 else "black"
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=6, color=colour)
+    axes[0].set_ylabel("reference")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from broadclass.metrics import category_keys, report_markdown
+from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 CARD_ARTIFACT = "model_card.md"
@@ -320,12 +321,8 @@ SUMMARY = (
 )
 
 
-def build_card(client: MlflowClient, run_id: str) -> str:
-    """The model card of run ``run_id`` as Markdown."""
-    # The card downloads a few small JSON artifacts: a progress bar for each would clutter the training log.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    record = RunRecord.load(client, run_id)
-    # (title, artifact folder, report.json) of the best validation and of the test, where logged.
+def evaluations_of(record: RunRecord) -> list[tuple[str, str, dict[str, Any]]]:
+    """(title, artifact folder, report.json) of the best validation and of the test, where logged."""
     evaluations: list[tuple[str, str, dict[str, Any]]] = []
     best_step = record.best_validation_step()
     if best_step is not None:
@@ -337,12 +334,36 @@ def build_card(client: MlflowClient, run_id: str) -> str:
     if test is not None:
         best_note = f", step {best_step}" if best_step is not None else ""
         evaluations.append((f"Test (best checkpoint{best_note})", *test))
+    return evaluations
 
+
+def evaluation_predictions(record: RunRecord, folder: str) -> list[dict[str, Any]] | None:
+    """The per-utterance records of an evaluation folder; None where they were not logged."""
+    try:
+        return parse_predictions(_artifact_text(record.client, record.run_id, f"{folder}/predictions.jsonl"))
+    except (OSError, MlflowException):
+        return None
+
+
+def error_analysis_section(record: RunRecord, folder: str, report: Mapping[str, Any]) -> str:
+    predictions = evaluation_predictions(record, folder)
+    if not predictions:
+        return "No per-utterance predictions were logged with this evaluation.\n"
+    return error_analysis_markdown(report, predictions)
+
+
+def build_card(client: MlflowClient, run_id: str) -> str:
+    """The model card of run ``run_id`` as Markdown."""
+    # The card downloads a few small JSON artifacts: a progress bar for each would clutter the training log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    record = RunRecord.load(client, run_id)
+    evaluations = evaluations_of(record)
     intro = f"MLflow run `{record.run_id}` (experiment `{record.config.get('experiment_name', '?')}`)."
     if evaluations:
         _, _, final = evaluations[-1]
         stage, metrics = final["stage"], final.get("metrics", {})
-        intro += f" It achieves the following results on the {'test' if test else 'best validation'} evaluation:\n"
+        evaluated = "test" if stage == "test" else "best validation"
+        intro += f" It achieves the following results on the {evaluated} evaluation:\n"
         intro += "\n".join(f"- {label}: {_number(metrics.get(f'{stage}/{key}'))}" for label, key in SUMMARY)
     parts = [_front_matter(record), f"# {record.name}\n", intro + "\n", _description(record)]
     parts += ["## Training procedure\n", _hyperparameters(record), "### Training results\n"]
@@ -358,7 +379,8 @@ def build_card(client: MlflowClient, run_id: str) -> str:
         parts.append("No validation was logged.\n")
     if evaluations:
         parts.append("## Evaluation\n")
-        parts += [evaluation_section(*evaluation) for evaluation in evaluations]
+        for title, folder, report in evaluations:
+            parts += [evaluation_section(title, folder, report), error_analysis_section(record, folder, report)]
     parts.append(_versions(record))
     return "\n".join(parts)
 
