@@ -30,8 +30,8 @@ from broadclass.data.demo import load_words
 from broadclass.data.espeak import ESpeak
 from broadclass.data.labels import LabelMap
 from broadclass.metrics.alignment import split_token
-from broadclass.tracking.run_model import load_model
 from broadclass.predict import Utterance, predict
+from broadclass.tracking.run_model import load_model
 
 # The demo's validation voices (broadclass/data/demo.py), by category name.
 VOICES = {"male": "en-us+m6", "female": "en-us+f3", "whisper": "en-us+whisperf", "creaky": "en-us+croak"}
