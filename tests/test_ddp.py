@@ -77,7 +77,7 @@ def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus
     trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False)
     trainer.validate(model, datamodule=datamodule, ckpt_path=folder / "checkpoints" / "step000004.ckpt", verbose=False)
     # As logged: Lightning hands loggers float32 values.
-    single = {key: float(np.float32(value)) for key, value in model.last_report["metrics"].items()}
+    single = {key: float(np.float32(value)) for key, value in model.last_evaluation.metrics.items()}
 
     assert set(ddp) == set(single)
     assert ddp.pop("val/loss") == pytest.approx(single.pop("val/loss"), rel=1e-6)  # float sums, other order

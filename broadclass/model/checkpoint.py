@@ -74,8 +74,8 @@ def checkpoint_metadata(
         "labels": label_config(labels),
         "categories": [{"name": c.name, "tag": c.tag} for c in labels.categories],
         "network": network_config.to_dict(),
-        # The validation report the checkpoint was saved after (predictions left out: they are large).
-        "report": {k: v for k, v in report.items() if k != "predictions"} if report else None,
+        # The summary of the validation the checkpoint was saved after (EvaluationResult.summary()).
+        "report": dict(report) if report else None,
     }
 
 

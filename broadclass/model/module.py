@@ -17,6 +17,7 @@ from broadclass.metrics.durations import ClassDurations
 from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
 from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
+from broadclass.model.evaluation import EvaluationResult
 
 # wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
 SAMPLE_RATE = 16_000
@@ -80,7 +81,7 @@ class BroadClassModule(pl.LightningModule):
         # Summed over utterances and across processes, so under DDP it is the single-process number.
         self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
-        self.last_report: dict[str, Any] | None = None
+        self.last_evaluation: EvaluationResult | None = None
         self._optimizer_stepped = False
 
     # ---- forward and loss ------------------------------------------------------------------------
@@ -190,20 +191,20 @@ class BroadClassModule(pl.LightningModule):
         # counts the step after validation has run); a logged "step" is the step loggers use instead.
         position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
         self.log_dict({**metrics, **position}, on_step=False, on_epoch=True)
-        self.last_report = {
-            "stage": stage,
-            "step": int(self.global_step),
-            "epoch": int(self.current_epoch),
-            "rule": rule,
-            "categories": self.labels.category_names,
-            "report": report,
-            "confusion": confusion.tolist(),
-            "errors": errors,
-            "metrics": metrics,
-            "class_confusion": class_confusion,
-            "durations": self.durations.compute(),
-            "predictions": self._all_predictions(),
-        }
+        self.last_evaluation = EvaluationResult(
+            stage=stage,
+            step=int(self.global_step),
+            epoch=int(self.current_epoch),
+            rule=rule,
+            categories=self.labels.category_names,
+            report=report,
+            confusion=confusion.tolist(),
+            errors=errors,
+            metrics=metrics,
+            class_confusion=class_confusion,
+            durations=self.durations.compute(),
+            predictions=self._all_predictions(),
+        )
         self.predictions = []
         for metric in (*self.confusion.values(), self.errors, self.eval_loss, self.class_confusion, self.durations):
             metric.reset()
@@ -231,7 +232,9 @@ class BroadClassModule(pl.LightningModule):
     # ---- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What inference needs without the training config (see broadclass.model.checkpoint).
-        checkpoint[METADATA_KEY] = checkpoint_metadata(self.labels, self.net.config, self.last_report)
+        checkpoint[METADATA_KEY] = checkpoint_metadata(
+            self.labels, self.net.config, self.last_evaluation.summary() if self.last_evaluation else None
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Weights trained for other tokens (categories reordered, another label config) would load

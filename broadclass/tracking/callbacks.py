@@ -17,23 +17,24 @@ from rich.console import Console
 from rich.table import Table
 
 from broadclass.data.check import DataReport
+from broadclass.model.evaluation import EvaluationResult
 from broadclass.tracking.figures import class_confusion_figure, confusion_figure, figure_image
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 
-def report_table(last: dict) -> Table:
-    report, names = last["report"], last["categories"]
-    table = Table(title=f"{last['stage']} @ step {last['step']} (rule: {last['rule']})")
+def report_table(last: EvaluationResult) -> Table:
+    report, names = last.report, last.categories
+    table = Table(title=f"{last.stage} @ step {last.step} (rule: {last.rule})")
     for column in ("category", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "category" else "right")
     rows = [(names[int(k)], report[k]) for k in map(str, range(len(names)))]
     rows += [(k, report[k]) for k in ("macro avg", "weighted avg")]
     for name, row in rows:
         table.add_row(name, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1-score")), str(int(row["support"])))
-    errors = last["errors"]
+    errors = last.errors
     table.caption = (
         f"accuracy {report['accuracy']:.3f}   WER {errors['wer']:.3f}   TER {errors['ter']:.3f}   "
-        f"loss {last['metrics'].get(last['stage'] + '/loss', float('nan')):.3f}"
+        f"loss {last.metrics.get(last.stage + '/loss', float('nan')):.3f}"
     )
     return table
 
@@ -55,14 +56,12 @@ class ValidationReport(pl.Callback):
         self._pending: Future | None = None
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = getattr(pl_module, "last_report", None)
+        last: EvaluationResult | None = getattr(pl_module, "last_evaluation", None)
         if trainer.sanity_checking or last is None or not trainer.is_global_zero:
             return
-        metrics = dict(last["metrics"])
-        loss = trainer.callback_metrics.get(f"{last['stage']}/loss")
-        if loss is not None:
-            metrics[f"{last['stage']}/loss"] = float(loss)
-            last["metrics"] = metrics
+        loss = trainer.callback_metrics.get(f"{last.stage}/loss")
+        if loss is not None:  # the loss as logged (synced and reduced by Lightning)
+            last = last.with_metric(f"{last.stage}/loss", float(loss))
         if self.console is not None:
             self.console.print(report_table(last))
         logger = mlflow_logger(trainer.loggers)
@@ -70,7 +69,7 @@ class ValidationReport(pl.Callback):
             return
         self.wait()
         write = partial(self._write, logger.experiment, logger.run_id, last)
-        if last["stage"] == "test":
+        if last.stage == "test":
             write()
             return
         self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation-report")
@@ -82,28 +81,27 @@ class ValidationReport(pl.Callback):
         if pending is not None:
             pending.result()
 
-    def _write(self, client: Any, run_id: str, last: dict) -> None:
-        folder = f"{last['stage']}/step_{last['step']:06d}"
-        summary = {k: v for k, v in last.items() if k != "predictions"}
-        client.log_text(run_id, json.dumps(summary, indent=2), f"{folder}/report.json")
+    def _write(self, client: Any, run_id: str, last: EvaluationResult) -> None:
+        folder = f"{last.stage}/step_{last.step:06d}"
+        client.log_text(run_id, json.dumps(last.summary(), indent=2), f"{folder}/report.json")
         client.log_text(
             run_id,
-            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in last["predictions"]),
+            "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in last.predictions),
             f"{folder}/predictions.jsonl",
         )
         client.log_text(
             run_id,
-            json.dumps({"categories": last["categories"], "rows_true_cols_pred": last["confusion"]}, indent=2),
+            json.dumps({"categories": last.categories, "rows_true_cols_pred": last.confusion}, indent=2),
             f"{folder}/confusion.json",
         )
-        client.log_text(run_id, json.dumps(last["class_confusion"], indent=2), f"{folder}/class_confusion.json")
-        client.log_text(run_id, json.dumps(last["durations"], indent=2), f"{folder}/durations.json")
+        client.log_text(run_id, json.dumps(last.class_confusion, indent=2), f"{folder}/class_confusion.json")
+        client.log_text(run_id, json.dumps(last.durations, indent=2), f"{folder}/durations.json")
         if self.figures:
-            figure = confusion_figure(last["confusion"], last["categories"], title=f"{folder} ({last['rule']})")
+            figure = confusion_figure(last.confusion, last.categories, title=f"{folder} ({last.rule})")
             client.log_figure(run_id, figure, f"{folder}/confusion.png")
-            client.log_image(run_id, figure_image(figure), key=f"{last['stage']}/confusion", step=last["step"])
+            client.log_image(run_id, figure_image(figure), key=f"{last.stage}/confusion", step=last.step)
             figure.clf()
-            figure = class_confusion_figure(last["class_confusion"], title=f"{folder}: broad classes")
+            figure = class_confusion_figure(last.class_confusion, title=f"{folder}: broad classes")
             client.log_figure(run_id, figure, f"{folder}/class_confusion.png")
             figure.clf()
 
