@@ -1,8 +1,6 @@
 """Evaluation metrics: the per-category classification report and word/token error rates."""
 
-from broadclass.metrics.collection import CategoryConfusion, RecognitionErrors
-from broadclass.metrics.errors import edit_distance, error_counts, split_words, strip_tags
-from broadclass.metrics.report import (
+from broadclass.metrics.classification import (
     category_keys,
     classification_report,
     confusion_matrix,
@@ -11,6 +9,8 @@ from broadclass.metrics.report import (
     report_from_confusion,
     report_markdown,
 )
+from broadclass.metrics.errors import edit_distance, error_counts, split_words, strip_tags
+from broadclass.metrics.streaming import CategoryConfusion, RecognitionErrors
 
 __all__ = [
     "CategoryConfusion",

@@ -13,7 +13,7 @@ class EvaluationResult:
     epoch: int
     rule: str  # the category decision rule the report and confusion matrix are for
     categories: list[str]  # category names, by category id
-    report: dict[str, Any]  # the classification report (broadclass.metrics.report)
+    report: dict[str, Any]  # the classification report (broadclass.metrics.classification)
     confusion: list[list[int]]  # rows: true category, columns: decided category
     errors: dict[str, float]  # WER and TER
     metrics: dict[str, float]  # every logged metric of this evaluation, by key

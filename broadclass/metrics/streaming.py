@@ -1,4 +1,4 @@
-"""torchmetrics metrics for the evaluation loop.
+"""torchmetrics metrics of the evaluation loop, accumulated batch by batch (arithmetic: classification.py, errors.py).
 
 Every state is a count summed across processes (``dist_reduce_fx="sum"``), so under DDP the epoch's
 numbers are those one process would get from the whole evaluation set.
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
+from broadclass.metrics.classification import Report, report_from_confusion
 from broadclass.metrics.errors import error_counts
-from broadclass.metrics.report import Report, report_from_confusion
 
 
 class CategoryConfusion(Metric):
