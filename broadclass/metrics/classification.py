@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from broadclass.metrics.markdown import markdown_table
+
 FIELDS = ("precision", "recall", "f1-score", "support")
 AVERAGES = ("macro avg", "weighted avg")
 # Metric names: MLflow 3.17 takes word characters of any script, "_", "-", ".", " ", ":" and "/" (no ":" on
@@ -180,17 +182,11 @@ def format_report(report: Mapping[str, Any], names: Sequence[str], digits: int =
 def report_markdown(report: Mapping[str, Any], names: Sequence[str], digits: int = 2) -> str:
     """The report as a Markdown table (model cards, MLflow text artifacts)."""
 
-    def cells(label: str, scores: Mapping[str, float]) -> str:
-        numbers = [f"{scores[f]:.{digits}f}" for f in FIELDS[:3]]
-        return f"| {label} | {' | '.join(numbers)} | {scores['support']} |"
+    def cells(label: str, scores: Mapping[str, float]) -> list[object]:
+        return [label, *(f"{scores[f]:.{digits}f}" for f in FIELDS[:3]), scores["support"]]
 
-    # A "|" in a category name would end the cell early.
-    rows = [cells(name.replace("|", "\\|"), scores) for name, scores in _class_rows(report, names)]
-    lines = [
-        "| category | precision | recall | f1-score | support |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-        f"| **accuracy** |  |  | {report['accuracy']:.{digits}f} | {report['macro avg']['support']} |",
-        *(cells(average, report[average]) for average in AVERAGES),
-    ]
-    return "\n".join(lines) + "\n"
+    rows = [cells(name, scores) for name, scores in _class_rows(report, names)]
+    rows.append(["**accuracy**", "", "", f"{report['accuracy']:.{digits}f}", report["macro avg"]["support"]])
+    rows += [cells(average, report[average]) for average in AVERAGES]
+    header = ["category", "precision", "recall", "f1-score", "support"]
+    return markdown_table(header, rows, align=["---", "---:", "---:", "---:", "---:"])

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 from broadclass.metrics.alignment import TokenIndex, align_tokens, alignment_counts
+from broadclass.metrics.markdown import markdown_table
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -219,10 +220,12 @@ def intervals_markdown(intervals: Mapping[str, Any]) -> str:
         f"{intervals['confidence']:.0%} bootstrap intervals over {intervals['clusters']} "
         f"{intervals['clustered_by']}s ({intervals['utterances']} utterances, {intervals['resamples']} resamples)",
         "",
-        "| metric | value | interval |",
-        "|:--|--:|:--:|",
+        markdown_table(
+            ["metric", "value", "interval"],
+            [[name, f"{m['value']:.4f}", interval_text(m)] for name, m in intervals["metrics"].items()],
+            align=[":--", "--:", ":--:"],
+        ).rstrip("\n"),
     ]
-    lines += [f"| {name} | {m['value']:.4f} | {interval_text(m)} |" for name, m in intervals["metrics"].items()]
     return "\n".join(lines)
 
 

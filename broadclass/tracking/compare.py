@@ -32,6 +32,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from broadclass.metrics.markdown import markdown_table
 from broadclass.tracking.store import default_tracking_uri, project_root
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")
@@ -209,14 +210,11 @@ def _cell(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value).replace("|", "\\|")
+    return str(value)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    lines = [header, "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+def frame_markdown(table: pd.DataFrame) -> str:
+    return markdown_table(list(table.columns), [[_cell(v) for v in row] for row in table.itertuples(index=False)])
 
 
 def aggregate_markdown(aggregate: pd.DataFrame) -> str:
@@ -231,7 +229,7 @@ def aggregate_markdown(aggregate: pd.DataFrame) -> str:
             ]
     if not merged["sets"].astype(bool).any():
         merged = merged.drop(columns=["sets"])
-    return markdown_table(merged)
+    return frame_markdown(merged)
 
 
 def compare(target: str, tracking_uri: str | None = None, over: Iterable[str] = ()) -> dict:
@@ -244,7 +242,7 @@ def compare(target: str, tracking_uri: str | None = None, over: Iterable[str] = 
     lines = [f"# Comparison: {target}", "", f"{len(rows)} run(s) in {uri}."]
     if shared:
         lines += ["", "Overrides shared by every run: " + " ".join(f"`{k}={v}`" for k, v in shared.items())]
-    lines += ["", "## Runs", "", markdown_table(runs.drop(columns=["run_id"]))]
+    lines += ["", "## Runs", "", frame_markdown(runs.drop(columns=["run_id"]))]
     lines += ["", f"## Mean ± std over sets{' and ' + ', '.join(over) if over else ''} (finished runs)", ""]
     if not len(aggregate):
         lines.append("No finished runs.")

@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from broadclass.metrics import category_keys, report_markdown
+from broadclass.metrics.markdown import markdown_table
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
@@ -127,16 +128,6 @@ class RunRecord:
 # ---- Markdown pieces --------------------------------------------------------------------------------
 def _number(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str = ":-:") -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def confusion_markdown(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:

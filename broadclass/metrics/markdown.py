@@ -1,0 +1,20 @@
+"""Markdown tables: the one writer of the reports, model cards and comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+def markdown_table(
+    header: Sequence[object], rows: Iterable[Sequence[object]], align: str | Sequence[str] = "---"
+) -> str:
+    """A table with a line per row; ``align`` is one separator cell (``---``, ``--:``, ``:-:``) for every
+    column or one per column. A ``|`` in a cell is escaped (it would end the cell early)."""
+    aligns = [align] * len(header) if isinstance(align, str) else list(align)
+    lines = [_row(header), "|" + "|".join(aligns) + "|"]
+    lines += [_row(row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
