@@ -14,11 +14,13 @@ import soundfile as sf
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
 from broadclass import predict
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.model.checkpoint import TrainedModel
 from broadclass.model.module import BroadClassModule
+from broadclass.model.padding import masked_group_norm
 from tests.conftest import compose_config, demo_overrides
 
 SMALL = {
@@ -148,3 +150,16 @@ def test_without_the_padding_hooks_only_the_xlsr_layout_is_independent_of_paddin
         assert gap < 1e-4
     else:
         assert gap > 1e-2
+
+
+@pytest.mark.parametrize("groups", [6, 2])
+def test_the_masked_group_norm_of_a_padded_row_is_torchs_group_norm_of_the_row_alone(groups):
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(groups, 6)
+    nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+    lengths = torch.tensor([50, 17, 33])
+    frames = torch.randn(3, 6, 50) * 3 + 1
+    masked = masked_group_norm(norm, frames, lengths)
+    for row, length in enumerate(lengths):
+        alone = norm(frames[row : row + 1, :, :length])[0]
+        torch.testing.assert_close(masked[row, :, :length], alone, atol=1e-5, rtol=1e-5)

@@ -8,15 +8,16 @@ layers still read them:
 - the **depthwise convolution** of a conformer layer (wav2vec2-conformer) reaches ``kernel // 2`` frames
   past the end of the utterance, into padded frames that are no longer zero after the first sub-layer.
 
-Within :func:`padding_ignored`, forward hooks give each of them what it would see without padding: the
-group norm takes its statistics over the utterance's own frames, the depthwise convolution sees zeros past
-the end (the zero padding it applies to an utterance alone). Every other layer works frame by frame, or
+Within :func:`padding_ignored` each of them gets what it would see without padding: the group norm takes
+its statistics over the utterance's own frames, the depthwise convolution (through a forward hook) sees
+zeros past the end (the zero padding it applies to an utterance alone). Every other layer works frame by frame, or
 through the attention mask, or (the convolutions of the feature encoder, which pad nothing) produces its
 valid frames from valid samples only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,11 +32,15 @@ def padding_ignored(network: PreTrainedModel, attention_mask: torch.Tensor) -> I
     sample_lengths = attention_mask.sum(-1)
     frame_lengths = network._get_feat_extract_output_lengths(sample_lengths)
     handles = []
+    replaced: list[nn.Module] = []
     first_layer = network.base_model.feature_extractor.conv_layers[0]
-    if isinstance(getattr(first_layer, "layer_norm", None), nn.GroupNorm):
+    norm = getattr(first_layer, "layer_norm", None)
+    if isinstance(norm, nn.GroupNorm):
         conv = first_layer.conv
         first_lengths = (sample_lengths - conv.kernel_size[0]) // conv.stride[0] + 1
-        handles.append(first_layer.layer_norm.register_forward_hook(_group_norm_over(first_lengths)))
+        # Its forward replaced, not hooked: a hook would compute the unmasked norm too (10 % of an eval step).
+        norm.forward = functools.partial(masked_group_norm, norm, lengths=first_lengths)
+        replaced.append(norm)
     for layer in network.base_model.encoder.layers:
         depthwise = getattr(getattr(layer, "conv_module", None), "depthwise_conv", None)
         if depthwise is not None:
@@ -45,41 +50,39 @@ def padding_ignored(network: PreTrainedModel, attention_mask: torch.Tensor) -> I
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """(batch, 1, width) mask of the frames before each row's length."""
-    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).unsqueeze(1)
+        for module in replaced:
+            del module.forward
 
 
 def _zero_past(lengths: torch.Tensor):
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         frames = args[0]  # (batch, channels, time)
-        return (frames * _valid(lengths, frames.shape[-1]).to(frames.dtype), *args[1:])
-
-    return hook
-
-
-def _group_norm_over(lengths: torch.Tensor):
-    def hook(norm: nn.GroupNorm, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        return masked_group_norm(norm, args[0], lengths).to(output.dtype)
+        valid = torch.arange(frames.shape[-1], device=frames.device)[None, None, :] < lengths[:, None, None]
+        return (frames * valid.to(frames.dtype), *args[1:])
 
     return hook
 
 
 def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``norm(frames)`` with each row's statistics taken over its first ``lengths`` frames (in fp32).
+    """``norm(frames)`` with each row's statistics taken over its first ``lengths`` frames only.
 
-    ``frames`` is (batch, channels, time); frames past a row's length are normalised with its statistics
-    too (they only ever feed padded frames later)."""
+    ``frames`` is (batch, channels, time). Computed in fp32 and returned in fp32 under autocast (as autocast
+    runs ``group_norm``), else in the input's dtype. Frames past a row's length are normalised with its
+    statistics too: they only ever feed padded frames later."""
     batch, channels, width = frames.shape
     groups = norm.num_groups
-    x = frames.float().reshape(batch, groups, channels // groups, width)
-    valid = _valid(lengths, width).unsqueeze(1).float()  # (batch, 1, 1, time)
-    count = (lengths.clamp_min(1) * (channels // groups)).float().view(batch, 1, 1, 1)
-    mean = (x * valid).sum(dim=(2, 3), keepdim=True) / count
-    variance = ((x - mean).square() * valid).sum(dim=(2, 3), keepdim=True) / count
-    normalised = ((x - mean) * torch.rsqrt(variance + norm.eps)).reshape(batch, channels, width)
+    x = frames.float()
+    valid = (torch.arange(width, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)  # (b, t, 1)
+    # Per-channel sums over the valid frames as matrix products, then summed per group.
+    sums = torch.bmm(x, valid).view(batch, groups, -1).sum(-1)
+    squares = torch.bmm(x.square(), valid).view(batch, groups, -1).sum(-1)
+    count = (lengths.clamp_min(1) * (channels // groups)).float()[:, None]
+    mean = sums / count
+    inv_std = torch.rsqrt((squares / count - mean.square()).clamp_min(0) + norm.eps)
+    scale = inv_std.repeat_interleave(channels // groups, dim=1)  # (batch, channels)
+    shift = -(mean * inv_std).repeat_interleave(channels // groups, dim=1)
     if norm.affine:
-        normalised = normalised * norm.weight.float()[:, None] + norm.bias.float()[:, None]
-    return normalised
+        shift = shift * norm.weight.float() + norm.bias.float()
+        scale = scale * norm.weight.float()
+    out = torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
+    return out if torch.is_autocast_enabled(frames.device.type) else out.to(frames.dtype)
