@@ -163,3 +163,7 @@ def test_the_masked_group_norm_of_a_padded_row_is_torchs_group_norm_of_the_row_a
     for row, length in enumerate(lengths):
         alone = norm(frames[row : row + 1, :, :length])[0]
         torch.testing.assert_close(masked[row, :, :length], alone, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # statistics still in fp32, output in fp32 like group_norm
+        under_autocast = masked_group_norm(norm, frames, lengths)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, masked)

@@ -69,9 +69,15 @@ def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.T
     ``frames`` is (batch, channels, time). Computed in fp32 and returned in fp32 under autocast (as autocast
     runs ``group_norm``), else in the input's dtype. Frames past a row's length are normalised with its
     statistics too: they only ever feed padded frames later."""
-    batch, channels, width = frames.shape
+    autocast = torch.is_autocast_enabled(frames.device.type)
+    with torch.autocast(frames.device.type, enabled=False):  # autocast would run the sums' bmm in 16 bits
+        out = _masked_group_norm(norm, frames.float(), lengths)
+    return out if autocast else out.to(frames.dtype)
+
+
+def _masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    batch, channels, width = x.shape
     groups = norm.num_groups
-    x = frames.float()
     valid = (torch.arange(width, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)  # (b, t, 1)
     # Per-channel sums over the valid frames as matrix products, then summed per group.
     sums = torch.bmm(x, valid).view(batch, groups, -1).sum(-1)
@@ -84,5 +90,4 @@ def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.T
     if norm.affine:
         shift = shift * norm.weight.float() + norm.bias.float()
         scale = scale * norm.weight.float()
-    out = torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
-    return out if torch.is_autocast_enabled(frames.device.type) else out.to(frames.dtype)
+    return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
