@@ -34,9 +34,11 @@ PIPELINE = textwrap.dedent(
     from transformers import pipeline
 
     asr = pipeline("automatic-speech-recognition", model=sys.argv[1])
-    wave, rate = sf.read(sys.argv[2], dtype="float32")
-    text = asr({"raw": wave, "sampling_rate": rate})["text"]
-    print(json.dumps({"text": text, "broadclass": any(m.startswith("broadclass") for m in sys.modules)}))
+    texts = {}
+    for path in sys.argv[2:]:
+        wave, rate = sf.read(path, dtype="float32")
+        texts[path] = asr({"raw": wave, "sampling_rate": rate})["text"]
+    print(json.dumps({"texts": texts, "broadclass": any(m.startswith("broadclass") for m in sys.modules)}))
     """
 )
 
@@ -58,7 +60,9 @@ def test_export_writes_a_standard_huggingface_folder(exported, trained_run):
     features = json.loads((exported / "preprocessor_config.json").read_text())
     assert features["feature_extractor_type"] == "Wav2Vec2FeatureExtractor"
     assert (features["sampling_rate"], features["do_normalize"]) == (16_000, True)
-    assert features["return_attention_mask"] is False  # the tiny model's feature encoder uses group norm
+    assert config["feat_extract_norm"] == "group"  # model=tiny
+    # transformers' own convention for a group-norm feature encoder: no mask (one file at a time needs none).
+    assert features["return_attention_mask"] is False
     assert json.loads((exported / "vocab.json").read_text()) == {token: i for i, token in enumerate(tokens)}
     metadata = json.loads((exported / "broadclass.json").read_text())
     assert [c["name"] for c in metadata["categories"]] == ["male", "female", "whisper", "creaky"]
@@ -78,13 +82,17 @@ def test_the_exported_tokenizer_keeps_multi_character_tokens_whole(exported):
     assert len(tokenizer) == len(vocab)  # no token the CTC head has no output for
 
 
-def test_a_plain_transformers_pipeline_transcribes_like_predict(exported, demo_corpus, tmp_path):
-    audio = tmp_path / "utterance16k.wav"
-    row = read_manifest(demo_corpus["validation"])[0]
-    sf.write(audio, decode(row["audio_filepath"]), 16_000, subtype="FLOAT")  # 16 kHz: no resampler in between
+def test_a_plain_transformers_pipeline_transcribes_every_validation_file_like_predict_at_batch_size_8(
+    exported, demo_corpus, tmp_path
+):
+    folder = tmp_path / "validation16k"
+    folder.mkdir()
+    for row in read_manifest(demo_corpus["validation"]):  # 16 kHz: no resampler in between
+        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
+    files = sorted(folder.glob("*.wav"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
-        [sys.executable, "-c", PIPELINE, str(exported), str(audio)],
+        [sys.executable, "-c", PIPELINE, str(exported), *map(str, files)],
         capture_output=True,
         text=True,
         env=env,
@@ -96,12 +104,13 @@ def test_a_plain_transformers_pipeline_transcribes_like_predict(exported, demo_c
     assert pipeline_out["broadclass"] is False
 
     out = tmp_path / "predicted.jsonl"
-    predict.main([f"model={exported}", f"input={audio}", f"output={out}"])
-    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    predict.main([f"model={exported}", f"input={folder}", f"output={out}", "batch_size=8"])
+    records = {record["audio_filepath"]: record for record in map(json.loads, out.read_text().splitlines())}
 
-    assert record["tokens"], "the model decodes nothing: the comparison would be empty"
-    assert pipeline_out["text"].split(" ") == record["tokens"]
-    assert pipeline_out["text"] == record["text"]
+    assert sorted(records) == sorted(pipeline_out["texts"]) and len(records) == 16
+    assert sum(bool(r["tokens"]) for r in records.values()) >= 8, "the model decodes too little to compare"
+    for path, text in pipeline_out["texts"].items():
+        assert text == records[path]["text"], path
 
 
 def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, train_config):

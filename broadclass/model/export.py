@@ -2,9 +2,10 @@
 
 The folder holds
 the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …: ``model.safetensors``) and
-``config.json`` (``id2label``/``label2id``), the
-feature extractor (``preprocessor_config.json``: 16 kHz, normalised, an attention mask only for
-layer-norm feature encoders, as in training), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
+``config.json`` (``id2label``/``label2id``), the feature extractor (``preprocessor_config.json``: 16 kHz,
+normalised, an attention mask for layer-norm feature encoders, as transformers' own XLSR and wav2vec2-base
+folders do; ``broadclass.predict`` passes it for every layout and gives each utterance of a batch the
+output it gets alone), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
 ``broadclass.json`` (vocabulary, label config, categories, validation report: what ``broadclass.predict``
 and ``model.pretrained=<folder>`` read) and a model card (``README.md``).
 

@@ -18,6 +18,7 @@ from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoi
 from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
 from broadclass.model.evaluation import EvaluationResult
+from broadclass.model.padding import padding_ignored
 
 # wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
 SAMPLE_RATE = 16_000
@@ -86,10 +87,10 @@ class BroadClassModule(pl.LightningModule):
 
     # ---- forward and loss ------------------------------------------------------------------------
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        # Group-norm feature encoders (wav2vec2-base) were trained on zero-padded input without a mask;
-        # layer-norm ones (XLSR) need it.
-        mask = attention_mask if self.net.config.feat_extract_norm == "layer" else None
-        hidden = self.net.base_model(input_values, attention_mask=mask).last_hidden_state
+        # The mask for every layout, and the layers that would still read padding made not to: an utterance
+        # gets the same output alone and in any batch (broadclass.model.padding).
+        with padding_ignored(self.net, attention_mask):
+            hidden = self.net.base_model(input_values, attention_mask=attention_mask).last_hidden_state
         logits = self.net.lm_head(self.net.dropout(hidden))
         output_lengths = self.net._get_feat_extract_output_lengths(attention_mask.sum(-1)).long()
         out = {"logits": logits, "output_lengths": output_lengths}

@@ -1,0 +1,93 @@
+"""Padding that changes nothing: each utterance of a padded batch gets the output it would get alone.
+
+transformers' networks take an attention mask, and with it their attention ignores padded frames, but two
+layers still read them:
+
+- the **group norm** of a group-norm feature encoder (wav2vec2-base's layout: ``feat_extract_norm: group``)
+  normalises each channel over the whole padded length, zeros included;
+- the **depthwise convolution** of a conformer layer (wav2vec2-conformer) reaches ``kernel // 2`` frames
+  past the end of the utterance, into padded frames that are no longer zero after the first sub-layer.
+
+Within :func:`padding_ignored` each of them gets what it would see without padding: the group norm takes
+its statistics over the utterance's own frames, the depthwise convolution (through a forward hook) sees
+zeros past the end (the zero padding it applies to an utterance alone). Every other layer works frame by frame, or
+through the attention mask, or (the convolutions of the feature encoder, which pad nothing) produces its
+valid frames from valid samples only.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+@contextmanager
+def padding_ignored(network: PreTrainedModel, attention_mask: torch.Tensor) -> Iterator[None]:
+    """Forward passes of ``network`` inside this block treat ``attention_mask``'s padded samples as absent."""
+    sample_lengths = attention_mask.sum(-1)
+    frame_lengths = network._get_feat_extract_output_lengths(sample_lengths)
+    handles = []
+    replaced: list[nn.Module] = []
+    first_layer = network.base_model.feature_extractor.conv_layers[0]
+    norm = getattr(first_layer, "layer_norm", None)
+    if isinstance(norm, nn.GroupNorm):
+        conv = first_layer.conv
+        first_lengths = (sample_lengths - conv.kernel_size[0]) // conv.stride[0] + 1
+        # Its forward replaced, not hooked: a hook would compute the unmasked norm too (10 % of an eval step).
+        norm.forward = functools.partial(masked_group_norm, norm, lengths=first_lengths)
+        replaced.append(norm)
+    for layer in network.base_model.encoder.layers:
+        depthwise = getattr(getattr(layer, "conv_module", None), "depthwise_conv", None)
+        if depthwise is not None:
+            handles.append(depthwise.register_forward_pre_hook(_zero_past(frame_lengths)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in replaced:
+            del module.forward
+
+
+def _zero_past(lengths: torch.Tensor):
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        frames = args[0]  # (batch, channels, time)
+        valid = torch.arange(frames.shape[-1], device=frames.device)[None, None, :] < lengths[:, None, None]
+        return (frames * valid.to(frames.dtype), *args[1:])
+
+    return hook
+
+
+def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``norm(frames)`` with each row's statistics taken over its first ``lengths`` frames only.
+
+    ``frames`` is (batch, channels, time). Computed in fp32 and returned in fp32 under autocast (as autocast
+    runs ``group_norm``), else in the input's dtype. Frames past a row's length are normalised with its
+    statistics too: they only ever feed padded frames later."""
+    autocast = torch.is_autocast_enabled(frames.device.type)
+    with torch.autocast(frames.device.type, enabled=False):  # autocast would run the sums' bmm in 16 bits
+        out = _masked_group_norm(norm, frames.float(), lengths)
+    return out if autocast else out.to(frames.dtype)
+
+
+def _masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    batch, channels, width = x.shape
+    groups = norm.num_groups
+    valid = (torch.arange(width, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)  # (b, t, 1)
+    # Per-channel sums over the valid frames as matrix products, then summed per group.
+    sums = torch.bmm(x, valid).view(batch, groups, -1).sum(-1)
+    squares = torch.bmm(x.square(), valid).view(batch, groups, -1).sum(-1)
+    count = (lengths.clamp_min(1) * (channels // groups)).float()[:, None]
+    mean = sums / count
+    inv_std = torch.rsqrt((squares / count - mean.square()).clamp_min(0) + norm.eps)
+    scale = inv_std.repeat_interleave(channels // groups, dim=1)  # (batch, channels)
+    shift = -(mean * inv_std).repeat_interleave(channels // groups, dim=1)
+    if norm.affine:
+        shift = shift * norm.weight.float() + norm.bias.float()
+        scale = scale * norm.weight.float()
+    return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))
