@@ -93,6 +93,7 @@ class DataSchema:
     padded_lengths_per_octave: int = 16
     on_error: str = "raise"
     allow_speaker_overlap: bool = False
+    max_duration: float | None = 30.0
     speed_perturbation: list[float] | None = None
 
 

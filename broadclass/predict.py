@@ -2,7 +2,7 @@
 
 ``python -m broadclass.predict model=<checkpoint | exported folder | MLflow run id> input=<file | folder |
 manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [num_workers=0] [device=auto]
-[tracking_uri=...]``
+[max_duration=30] [tracking_uri=...]``
 
 Audio of any sample rate and channel count is decoded to 16 kHz mono (as in training). Utterances are
 batched by length (longest first, so an out-of-memory error comes at once), on the GPU when there is
@@ -18,8 +18,10 @@ posterior mass; ``vote``: its share of the decoded tokens; ``head``: the head's 
 A manifest whose rows have ``phones`` and ``category`` is scored too: the report (the validation code:
 per-category precision/recall/F1 under every rule, WER, TER, the broad-class confusion with S/D/I rates
 per class and category, and the duration of each class's segments) is printed and written to
-``<output stem>.report.json`` and ``.report.txt``. Files that cannot be read are listed on stderr and in
-``<output stem>.errors.jsonl``; every other file is still predicted.
+``<output stem>.report.json`` and ``.report.txt``. Files that cannot be read, and files longer than
+``max_duration`` seconds (default 30, as ``data.max_duration``; null: no limit), are listed on stderr and in
+``<output stem>.errors.jsonl``; every other file is still predicted. A long recording is refused, not cut:
+split it into utterances first (the model was trained on utterances; its memory grows with the length).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class PredictConfig:
     batch_size: int = 8
     num_workers: int = 0
     device: str = "auto"
+    max_duration: float | None = 30.0
     tracking_uri: str | None = None
 
 
@@ -205,6 +208,13 @@ def length_sorted_batches(utterances: Sequence[Utterance], batch_size: int) -> l
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def too_long(duration: float, max_duration: float) -> str:
+    return (
+        f"{duration:.1f} s is longer than max_duration={max_duration:g} s: not predicted (long recordings are "
+        "not cut into chunks); split it into utterances, or raise max_duration if memory allows"
+    )
+
+
 def failure(utt: Utterance, error: str) -> dict[str, str]:
     return {"id": utt.id, "audio_filepath": utt.audio_filepath, "error": error}
 
@@ -314,15 +324,22 @@ def predict(
     device: str = "auto",
     num_workers: int = 0,
     console: Console | None = None,
+    max_duration: float | None = None,
 ) -> Outputs:
-    """Records in input order, the files that failed, and the report when references are given."""
+    """Records in input order, the files that failed or are longer than ``max_duration`` seconds (None: no
+    limit), and the report when references are given."""
     outputs = Outputs()
     readable: list[Utterance] = []
     for utt in utterances:
         try:
-            readable.append(replace(utt, duration=probe_duration(utt.audio_filepath)))
+            duration = probe_duration(utt.audio_filepath)
         except AudioError as err:
             outputs.errors.append(failure(utt, str(err)))
+            continue
+        if max_duration is not None and duration > max_duration:
+            outputs.errors.append(failure(utt, too_long(duration, max_duration)))
+        else:
+            readable.append(replace(utt, duration=duration))
     labels = trained.labels
     module = trained.module.to(resolve_device(device)).eval()
     seconds = frame_seconds(module.net.config, SAMPLE_RATE)
@@ -388,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         utterances = collect(cfg.input)
         trained = load_model(cfg.model, tracking_uri=cfg.tracking_uri)
-        outputs = predict(trained, utterances, cfg.batch_size, cfg.device, cfg.num_workers, console=stderr)
+        outputs = predict(trained, utterances, cfg.batch_size, cfg.device, cfg.num_workers, stderr, cfg.max_duration)
     except (InputError, ModelLoadError, ManifestError, UnknownPhoneError) as err:
         raise SystemExit(f"error: {err}") from None
     output = Path(cfg.output)
@@ -400,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written.append(str(output.with_suffix(".csv")))
     if outputs.errors:
         stderr.print(
-            f"{len(outputs.errors)} file(s) could not be read (also in {output.with_suffix('.errors.jsonl')}):"
+            f"{len(outputs.errors)} file(s) could not be predicted (also in {output.with_suffix('.errors.jsonl')}):"
         )
         for error in outputs.errors:
             stderr.print(f"  {error['audio_filepath']}: {error['error']}", markup=False, highlight=False)

@@ -59,10 +59,12 @@ import random
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import soundfile as sf
+from rich.console import Console
+from rich.progress import track
 
 from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_source
 from broadclass.data.labels import UnknownPhoneError
@@ -80,6 +82,11 @@ DEFAULT_SETS = 5
 
 # Every error about the corpus prepare reads: one exception naming every bad row or file.
 PrepareError = CorpusError
+
+
+def progress(items: Iterable, description: str, total: int | None = None) -> Iterable:
+    """``items`` with a progress bar on stderr (redrawn on a terminal; elsewhere its final state)."""
+    return track(items, description=description, total=total, console=Console(stderr=True))
 
 
 # ---- reading a corpus ------------------------------------------------------------------------------
@@ -238,7 +245,7 @@ def add_durations(rows: Sequence[dict]) -> list[str]:
     """Set each row's ``duration`` (seconds) from its audio header, where it has none yet; returns a
     problem for every audio file that cannot be used."""
     problems = []
-    for row in rows:
+    for row in progress(rows, "reading audio headers"):
         if "duration" in row:
             continue
         path = Path(row["audio_filepath"])
@@ -383,7 +390,7 @@ def write_sets(
     out = Path(out)
     categories = sorted({row["category"] for splits in sets for rows in splits.values() for row in rows})
     summaries = {}
-    for index, splits in enumerate(sets):
+    for index, splits in progress(enumerate(sets), "writing sets", total=len(sets)):
         set_name = f"set{index + 1}"
         folder = out / set_name
         for split in SPLITS:

@@ -110,6 +110,33 @@ def bad_corpus(tmp_path: Path) -> tuple[dict[str, Path], dict[str, str], set[str
     return manifests, expected, {"good-0", "good-1", "good-2", "val-good"}
 
 
+def test_an_utterance_longer_than_max_duration_is_reported_with_its_row_and_skipped(train_config, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "short.wav", noise(1.0), RATE)
+    sf.write(audio / "long.wav", noise(3.0, seed=1), RATE)
+    rows = [row(audio / "short.wav", id="ok", speaker="s1"), row(audio / "long.wav", id="long", speaker="s1")]
+    train_manifest = write_manifest(tmp_path / "train.jsonl", rows)
+    val_manifest = write_manifest(tmp_path / "validation.jsonl", [row(audio / "short.wav", id="val", speaker="s2")])
+    limit = ["data.max_duration=2.5", *BAD_CORPUS]
+
+    cfg = train_config(
+        f"data.train_manifest={train_manifest}", f"data.val_manifest={val_manifest}", "data.on_error=skip", *limit
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    (problem,) = datamodule.check_report.problems
+    assert (problem.kind, problem.source, problem.id) == ("too_long", f"{train_manifest}:2", "long")
+    assert "3.0 s > data.max_duration 2.5 s" in problem.detail
+    assert [r["id"] for r in datamodule.datasets["train"].rows] == ["ok"]
+
+    # The command line honours the config's limit, and no limit (null) lets the row through.
+    printed: list[str] = []
+    assert main([str(train_manifest), f"paths.root_dir={tmp_path}", *limit], print_fn=printed.append) == 1
+    assert "too_long (error, 1 row(s))" in printed[0] and f"{train_manifest}:2 (id long)" in printed[0]
+    assert main([str(train_manifest), f"paths.root_dir={tmp_path}", *BAD_CORPUS, "data.max_duration=null"]) == 0
+
+
 def test_receptive_field_and_frames_match_the_wav2vec2_feature_encoder():
     encoder = EncoderGeometry.of(Wav2Vec2Config())
     assert encoder.receptive_field == 400

@@ -150,6 +150,12 @@ def test_summary_is_printed_and_written_beside_the_manifests(corpus, tmp_path):
     assert f"paths.sets_dir={tmp_path / 'sets'}" in printed[-1] and "{name: happy, tag: h}" in printed[-1]
 
 
+def test_progress_of_the_audio_headers_and_the_sets_is_shown_on_stderr(corpus, tmp_path, capsys):
+    main([str(corpus), "--out", str(tmp_path / "sets"), "--sets", "2"], print_fn=lambda line: None)
+    err = capsys.readouterr().err
+    assert "reading audio headers" in err and "writing sets" in err
+
+
 def test_every_unusable_row_is_named_with_its_file_and_line(corpus, tmp_path):
     lines = corpus.read_text(encoding="utf-8").splitlines()
     broken = json.loads(lines[2])

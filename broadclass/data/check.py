@@ -4,7 +4,7 @@
 problem row (``file:line``, id, what is wrong). The datamodule runs it in ``setup``, so every way into
 training gets it; ``data.on_error=raise`` stops there with the whole report, ``skip`` drops the rows.
 
-Audio is opened with ``soundfile.info`` first (missing, unreadable, empty), then decoded through the
+Audio is opened with ``soundfile.info`` first (missing, unreadable, empty, too long), then decoded through the
 datamodule's :class:`AudioCache` (silent, non-finite, too short): the decoded 16 kHz waveform lands in
 the cache, so the first epoch reads it from there instead of decoding again.
 
@@ -37,6 +37,7 @@ KINDS = {
     "missing_audio": "audio file not found",
     "unreadable_audio": "audio file cannot be decoded",
     "empty_audio": "audio file has no samples",
+    "too_long": "audio longer than data.max_duration (one batch of it could run out of memory)",
     "non_finite_audio": "audio has NaN or infinite samples",
     "silent_audio": "audio is silent (peak below -80 dBFS)",
     "too_short_for_encoder": "audio shorter than the encoder's receptive field: no output frame",
@@ -151,8 +152,8 @@ class _Audio:
     samples: int = 0
 
 
-def inspect_audio(path: str, audio: AudioCache) -> _Audio:
-    """Header first (cheap), then the decoded waveform through the cache."""
+def inspect_audio(path: str, audio: AudioCache, max_duration: float | None = None) -> _Audio:
+    """Header first (cheap; a file too long is not decoded), then the decoded waveform through the cache."""
     if not Path(path).is_file():
         return _Audio("missing_audio", f"{path} not found")
     try:
@@ -161,6 +162,8 @@ def inspect_audio(path: str, audio: AudioCache) -> _Audio:
         return _Audio("unreadable_audio", f"{path}: {err}")
     if info.frames == 0:
         return _Audio("empty_audio", f"{path}: 0 samples in the header")
+    if max_duration is not None and info.duration > max_duration:
+        return _Audio("too_long", f"{path}: {info.duration:.1f} s > data.max_duration {max_duration:g} s")
     try:
         wave = audio.load(path)
     except AudioError as err:
@@ -196,8 +199,10 @@ def check_splits(
     encoder: EncoderGeometry = EncoderGeometry(),
     allow_speaker_overlap: bool = False,
     workers: int | None = None,
+    max_duration: float | None = None,
 ) -> DataReport:
-    """Every problem of every row of ``splits`` (split name → rows from ``read_manifest``)."""
+    """Every problem of every row of ``splits`` (split name → rows from ``read_manifest``); audio longer than
+    ``max_duration`` seconds (None: no limit) is an error."""
     report = DataReport(
         rows={split: len(rows) for split, rows in splits.items()},
         warn_only=frozenset({"speaker_overlap"} if allow_speaker_overlap else ()),
@@ -208,7 +213,7 @@ def check_splits(
 
     paths = sorted({row["audio_filepath"] for rows in splits.values() for row in rows})
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        audio_of = dict(zip(paths, pool.map(lambda p: inspect_audio(p, audio), paths), strict=True))
+        audio_of = dict(zip(paths, pool.map(lambda p: inspect_audio(p, audio, max_duration), paths), strict=True))
 
     first_seen: dict[str, str] = {}
     train_speakers = {str(row["speaker"]) for row in splits.get("train", ()) if row.get("speaker") is not None}
@@ -318,6 +323,7 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         AudioCache(cfg.data.get("cache_dir"), cfg.data.sample_rate),
         encoder,
         allow_speaker_overlap=bool(cfg.data.get("allow_speaker_overlap", False)),
+        max_duration=cfg.data.get("max_duration"),
     )
     print_fn(report.format())
     if args.json:

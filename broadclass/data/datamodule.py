@@ -215,6 +215,7 @@ class BroadClassDataModule(pl.LightningDataModule):
         padded_lengths_per_octave: int = 16,
         on_error: str = "raise",
         allow_speaker_overlap: bool = False,
+        max_duration: float | None = 30.0,
         speed_perturbation: Sequence[float] | None = None,
     ):
         super().__init__()
@@ -236,6 +237,7 @@ class BroadClassDataModule(pl.LightningDataModule):
         self.padded_lengths_per_octave = padded_lengths_per_octave
         self.on_error = on_error
         self.allow_speaker_overlap = allow_speaker_overlap
+        self.max_duration = max_duration
         self.speeds = tuple(speed_perturbation or (1.0,))
         self.check_report: DataReport | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
@@ -265,7 +267,14 @@ class BroadClassDataModule(pl.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         net = getattr(module, "net", None)
         encoder = EncoderGeometry.of(net.config) if net is not None else EncoderGeometry()
-        self.check_report = check_splits(splits, self.label_map, self.audio, encoder, self.allow_speaker_overlap)
+        self.check_report = check_splits(
+            splits,
+            self.label_map,
+            self.audio,
+            encoder,
+            self.allow_speaker_overlap,
+            max_duration=self.max_duration,
+        )
         kept = apply_report(splits, self.check_report, self.on_error)
         if self.check_report.problems:
             log.warning(self.check_report.format())
