@@ -114,8 +114,8 @@ def test_the_ui_shows_readable_runs_swept_params_categories_images_datasets_and_
     assert selected.strip() == "model/lr"
     (metric,) = re.findall(r"Metrics: (\S+)", text)
     assert metric.split("/")[1] in CATEGORIES  # the plot's metric is a category's, by name
-    # The metrics table renders its first rows only (the test/ metrics, alphabetically first).
-    assert "test/male/f1" in text and "test/macro_avg/f1" in text
+    # (Its metrics table renders only its first rows, alphabetically: the category-named metrics are checked on
+    # the run's page below.)
 
     # The chart view: sections named by category (val/male …), not by id.
     chart_page = f"{runs_page}?compareRunsMode=CHART"
