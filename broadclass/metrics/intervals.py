@@ -133,15 +133,7 @@ def bootstrap_intervals(
     if len(clusters) < MIN_CLUSTERS:  # nothing to resample: no interval (None)
         low = high = [None] * len(values)
     else:
-        result = stats.bootstrap(
-            (clusters,),
-            statistics,
-            vectorized=True,
-            n_resamples=resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _percentile_bootstrap(statistics, len(clusters), resamples, confidence, seed)
         low, high = (bound.tolist() for bound in result.confidence_interval)
     return {
         "confidence": confidence,
@@ -184,15 +176,7 @@ def paired_comparison(
 
     low = high = p_ter = None
     if len(names) >= MIN_CLUSTERS:
-        result = stats.bootstrap(
-            (np.arange(len(names)),),
-            ter_difference,
-            vectorized=True,
-            n_resamples=resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _percentile_bootstrap(ter_difference, len(names), resamples, confidence, seed)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         differences = result.bootstrap_distribution
         # Two-sided: twice the share of resampled differences on the far side of zero (at most 1).
@@ -251,4 +235,17 @@ def paired_markdown(paired: Mapping[str, Any], name_a: str = "A", name_b: str = 
             + (f"{t['p_value']:.4g}" if t["p_value"] is not None else "none")
             + f" ({t['resamples']} resamples)",
         ]
+    )
+
+
+def _percentile_bootstrap(statistic, clusters: int, resamples: int, confidence: float, seed: int):
+    """scipy's percentile bootstrap over ``clusters`` resampled units (``statistic`` takes their indices)."""
+    return stats.bootstrap(
+        (np.arange(clusters),),
+        statistic,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
