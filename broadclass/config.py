@@ -1,18 +1,25 @@
-"""OmegaConf resolvers and the typed checks run on a composed config before anything is built."""
+"""OmegaConf resolvers and the typed checks run on a composed config before anything is built.
+
+The foundation every layer may import (the package imports it first, registering the resolvers): it imports
+nothing of broadclass. The one resolver that needs a layer, ``bc.run_dir``, is registered by that layer
+(``broadclass.training.resume``), which the training entry point imports before Hydra resolves its run dir.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
-def _project_root() -> str:
-    from broadclass.tracking.store import project_root
-
-    return str(project_root())
+def project_root() -> Path:
+    """The project folder: ``$BROADCLASS_ROOT``, else the working directory. The default MLflow store
+    (``mlflow.db``, ``mlruns/``), the run folders and the data live under it (``${bc.root:}`` in the config)."""
+    return Path(os.environ.get("BROADCLASS_ROOT") or Path.cwd())
 
 
 def _mixed_precision() -> str:
@@ -22,24 +29,15 @@ def _mixed_precision() -> str:
     return "16-mixed" if torch.cuda.is_available() else "bf16-mixed"
 
 
-def _run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> str:
-    from broadclass.training.resume import run_dir
-
-    return run_dir(parent, overrides, run_name, resume)
-
-
 def register_resolvers() -> None:
     for name, fn in {
-        "bc.root": _project_root,
+        "bc.root": lambda: str(project_root()),
         "bc.mul": lambda a, b: int(a) * int(b),
         "bc.positive": lambda value: float(value or 0) > 0,
         "bc.mixed_precision": _mixed_precision,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-    if not OmegaConf.has_resolver("bc.run_dir"):
-        # Cached: the folder is chosen once per process, however often Hydra resolves the run dir.
-        OmegaConf.register_new_resolver("bc.run_dir", _run_dir, use_cache=True)
 
 
 register_resolvers()

@@ -66,11 +66,11 @@ import soundfile as sf
 from rich.console import Console
 from rich.progress import track
 
+from broadclass.config import project_root
 from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_source
 from broadclass.data.labels import UnknownPhoneError
 from broadclass.data.manifest import ManifestError, write_manifest, write_text_atomic
 from broadclass.data.sources import CorpusError, parse_columns, raise_listed, read_table_source
-from broadclass.tracking.store import project_root
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1

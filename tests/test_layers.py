@@ -12,12 +12,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "broadclass"
 # Lowest first. A module may import its own layer and the layers below it. Modules directly in broadclass/
-# are the entry points (and config.py, the resolvers they compose with): the top.
+# are the entry points: the top. config.py (resolvers and config checks, imported with the package) is the
+# foundation below every layer: it imports none of them.
 LAYERS = ["data", "metrics", "model", "training", "tracking"]
 ENTRY = len(LAYERS)
+FOUNDATION = -1
 
 
 def layer_of(module: str) -> int:
+    if module == "broadclass.config":
+        return FOUNDATION
     parts = module.split(".")
     if len(parts) > 2 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])
@@ -56,6 +60,14 @@ def upward_imports() -> list[str]:
 
 def test_no_module_imports_a_layer_above_its_own():
     assert upward_imports() == []
+
+
+def test_the_check_sees_the_foundation_importing_a_layer(tmp_path, monkeypatch):
+    fake = tmp_path / "broadclass"
+    fake.mkdir()
+    (fake / "config.py").write_text("def f():\n    from broadclass.training.resume import run_dir\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert upward_imports() == ["broadclass/config.py:2: broadclass.config imports broadclass.training.resume"]
 
 
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):

@@ -32,8 +32,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from broadclass.config import project_root
 from broadclass.metrics.markdown import markdown_table
-from broadclass.tracking.store import default_tracking_uri, project_root
+from broadclass.tracking.store import default_tracking_uri
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")
 REPORTED = ("val/accuracy", "val/wer", "val/ter")

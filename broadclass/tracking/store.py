@@ -1,4 +1,4 @@
-"""The MLflow store: the project folder, the default tracking URI, opening the store, finding a run.
+"""The MLflow store: the default tracking URI, opening the store, finding a run.
 
 One home for what the entry points (train, predict, export, report, report --compare) and the tracking
 modules need to reach the store the project logs to. Light to import: MLflow is imported when a store is
@@ -13,15 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broadclass.config import project_root
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
-
-
-def project_root() -> Path:
-    """The project folder: ``$BROADCLASS_ROOT``, else the working directory. The default store
-    (``mlflow.db``, ``mlruns/``), the run folders and the data live under it (``${bc.root:}`` in the config)."""
-    return Path(os.environ.get("BROADCLASS_ROOT") or Path.cwd())
 
 
 def default_tracking_uri(near: str | Path | None = None) -> str:

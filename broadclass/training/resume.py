@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
@@ -45,6 +47,12 @@ def run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> s
     while Path(new := f"{parent}/{time.strftime(TIME_FORMAT)}_{key}").exists():
         time.sleep(0.1)  # names carry the time to the second; never reuse a folder
     return new
+
+
+# `${bc.run_dir:...}` in conf/hydra/default.yaml. Cached: the folder is chosen once per process, however often
+# Hydra resolves the run dir. Registered here, with the naming it calls (broadclass.config imports no layer).
+if not OmegaConf.has_resolver("bc.run_dir"):
+    OmegaConf.register_new_resolver("bc.run_dir", run_dir, use_cache=True)
 
 
 @dataclass(frozen=True)
