@@ -24,7 +24,9 @@ from broadclass.data.espeak import ESpeak
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import ManifestError, read_manifest
 from broadclass.data.phonemize import Phonemizer
-from broadclass.prepare import PrepareError, main, prepare_sets
+from broadclass.data.sets import prepare_sets
+from broadclass.data.sources import CorpusError
+from broadclass.prepare import main
 from broadclass.train import train
 from tests.conftest import CONF_DIR, SHORT_RUN, compose_config
 
@@ -149,23 +151,23 @@ def test_common_column_names_are_recognised_without_columns(table, tmp_path):
 
 def test_an_unknown_layout_is_one_error_listing_the_columns_found(table, tmp_path):
     write_csv(tmp_path / "lab.csv", table)
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(tmp_path / "lab.csv", tmp_path / "sets", n_sets=2)
     assert len(raised.value.problems) == 1  # not one per row
     message = raised.value.problems[0]
     assert "no column for phones, category." in message
     assert "Columns found: path, transcript, emotion, spk" in message and "--columns phones=<column>" in message
     # A column the user names must exist; an unknown field name is refused.
-    with pytest.raises(PrepareError, match="has no column 'wav_path'"):
+    with pytest.raises(CorpusError, match="has no column 'wav_path'"):
         prepare_sets(tmp_path / "lab.csv", tmp_path / "sets", columns="audio=wav_path,phones=transcript")
-    with pytest.raises(PrepareError, match="unknown field 'emotion'"):
+    with pytest.raises(CorpusError, match="unknown field 'emotion'"):
         prepare_sets(tmp_path / "lab.csv", tmp_path / "sets", columns="emotion=emotion")
     assert not (tmp_path / "sets").exists()
 
 
 def test_a_csv_without_a_header_row_is_named_as_such(table, tmp_path):
     write_csv(tmp_path / "bare.csv", table, header=False)
-    with pytest.raises(PrepareError, match=r"bare.csv:1: is this a header row\?"):
+    with pytest.raises(CorpusError, match=r"bare.csv:1: is this a header row\?"):
         prepare_sets(tmp_path / "bare.csv", tmp_path / "sets", n_sets=2)
 
 
@@ -220,15 +222,15 @@ def test_keep_splits_makes_one_set_of_the_datasets_own_splits_with_chosen_column
 def test_a_dataset_without_speakers_needs_keep_splits_and_unplaceable_splits_are_named(tmp_path):
     dataset, _ = build_dataset(tmp_path, "bytes")
     dataset.remove_columns("speaker").save_to_disk(str(tmp_path / "saved"))
-    with pytest.raises(PrepareError, match=r"no column for phones, speaker(.|\n)*Columns found: audio, category, text"):
+    with pytest.raises(CorpusError, match=r"no column for phones, speaker(.|\n)*Columns found: audio, category, text"):
         prepare_sets(tmp_path / "saved", tmp_path / "sets")
-    with pytest.raises(PrepareError, match="--keep-splits needs a validation split; the splits are train"):
+    with pytest.raises(CorpusError, match="--keep-splits needs a validation split; the splits are train"):
         prepare_sets(tmp_path / "saved", tmp_path / "sets", keep_splits=True, phonemize="en-us")
 
 
 def test_a_hub_id_offline_is_a_clear_error(tmp_path):
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # set by conftest before datasets was imported
-    with pytest.raises(PrepareError, match="cannot load the dataset someone/their-corpus(.|\n)*HF_HUB_OFFLINE is set"):
+    with pytest.raises(CorpusError, match="cannot load the dataset someone/their-corpus(.|\n)*HF_HUB_OFFLINE is set"):
         prepare_sets("someone/their-corpus", tmp_path / "sets")
 
 
@@ -240,7 +242,7 @@ def test_bad_audio_rows_of_a_dataset_are_all_listed_before_anything_is_written(t
     audio[6] = {"bytes": wav_bytes(np.zeros(0, np.float32), 16_000), "path": "empty.wav"}
     broken = dataset.remove_columns("audio").add_column("audio", audio).cast_column("audio", datasets.Audio())
     broken.save_to_disk(str(tmp_path / "saved"))
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(tmp_path / "saved", tmp_path / "sets", phonemize="en-us")
     where = f"{tmp_path / 'saved'} train row"
     problems = raised.value.problems
@@ -263,7 +265,7 @@ def test_a_column_of_file_paths_is_read_relative_to_the_dataset_and_a_missing_fi
     columns = {"file": paths, "speaker": [v for v, _, _ in UTTERANCES], "label": [c for _, c, _ in UTTERANCES]}
     columns["sentence"] = [t for _, _, t in UTTERANCES]
     datasets.Dataset.from_dict(columns).to_parquet(str(tmp_path / "corpus" / "train.parquet"))
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(tmp_path / "corpus", tmp_path / "sets", n_sets=2, phonemize="en-us")
     assert raised.value.problems == [
         f"{tmp_path / 'corpus'} train row 3: audio column 'file': audio file not found: "
@@ -337,14 +339,14 @@ def test_words_espeak_cannot_say_and_unknown_voices_are_reported_by_row(table, t
     rows[4]["text"] = "pay 5 € — now"
     rows[6]["text"] = "— …"
     write_csv(tmp_path / "text.csv", rows)
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(tmp_path / "text.csv", tmp_path / "sets", n_sets=2, phonemize="en-us")
     assert raised.value.problems == [
         f"{tmp_path / 'text.csv'}:3: eSpeak voice en-us cannot say '☃'",
         f"{tmp_path / 'text.csv'}:6: eSpeak voice en-us cannot say '€'",
         f"{tmp_path / 'text.csv'}:8: no phones",
     ]
-    with pytest.raises(PrepareError, match="--phonemize xx-nowhere: eSpeak voice 'xx-nowhere' could not be set"):
+    with pytest.raises(CorpusError, match="--phonemize xx-nowhere: eSpeak voice 'xx-nowhere' could not be set"):
         prepare_sets(tmp_path / "text.csv", tmp_path / "sets", n_sets=2, phonemize="xx-nowhere")
     assert not (tmp_path / "sets").exists()
 
@@ -383,7 +385,7 @@ def test_prepare_reads_every_line_of_a_jsonl_corpus_before_it_reports(table, tmp
     lines[1] = "{broken"
     lines[4] = json.dumps({k: v for k, v in table[4].items() if k != "emotion"})
     (tmp_path / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(tmp_path / "corpus.jsonl", tmp_path / "sets", columns="phones=transcript,category=emotion")
     assert raised.value.problems == [
         f"{tmp_path / 'corpus.jsonl'}:2: not valid JSON (Expecting property name enclosed in double quotes)",

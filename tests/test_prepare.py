@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
-from broadclass.prepare import PrepareError, locate_set, main, prepare_sets
+from broadclass.data.sets import locate_set, prepare_sets
+from broadclass.data.sources import CorpusError
+from broadclass.prepare import main
 from tests.conftest import CONF_DIR
 
 CATEGORIES = ("calm", "angry", "happy", "sad")
@@ -93,7 +95,7 @@ def test_rerun_with_fewer_sets_removes_the_sets_it_made_before(corpus, tmp_path)
 def test_refuses_to_write_into_a_folder_it_did_not_make(corpus, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(PrepareError, match="not a sets folder"):
+    with pytest.raises(CorpusError, match="not a sets folder"):
         prepare_sets(corpus, tmp_path / "busy", n_sets=2)
 
 
@@ -163,7 +165,7 @@ def test_every_unusable_row_is_named_with_its_file_and_line(corpus, tmp_path):
     lines[2] = json.dumps(broken)
     lines[4] = json.dumps({k: v for k, v in json.loads(lines[4]).items() if k != "speaker"})
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(PrepareError) as raised:
+    with pytest.raises(CorpusError) as raised:
         prepare_sets(corpus, tmp_path / "sets", n_sets=2)
     # Every problem at once: the row without a speaker and the row whose audio is missing.
     assert raised.value.problems == [
@@ -177,13 +179,13 @@ def test_unknown_phones_are_reported_before_anything_is_written(corpus, tmp_path
     lines = corpus.read_text(encoding="utf-8").splitlines()
     lines[0] = json.dumps(json.loads(lines[0]) | {"phones": "k ☃"})
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(PrepareError, match=r"phone '☃' has no broad class in ipa.yaml, in 1 row.*corpus.jsonl:1"):
+    with pytest.raises(CorpusError, match=r"phone '☃' has no broad class in ipa.yaml, in 1 row.*corpus.jsonl:1"):
         prepare_sets(corpus, tmp_path / "sets", n_sets=2, labels="ipa")
     assert not (tmp_path / "sets").exists()
 
 
 def test_fewer_speakers_than_sets_is_an_error(corpus, tmp_path):
-    with pytest.raises(PrepareError, match="20 speaker.* cannot make 21"):
+    with pytest.raises(CorpusError, match="20 speaker.* cannot make 21"):
         prepare_sets(corpus, tmp_path / "sets", n_sets=21)
 
 

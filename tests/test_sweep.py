@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from broadclass.data.manifest import read_manifest, write_manifest
-from broadclass.prepare import prepare_sets
+from broadclass.data.sets import prepare_sets
 from broadclass.tracking import compare
 from tests.conftest import SHORT_RUN, compose_config
 

@@ -1,4 +1,4 @@
-"""Audio decoding (soundfile), down-mixing, resampling (soxr) and a disk cache of the result.
+"""Audio headers and decoding (soundfile), down-mixing, resampling (soxr) and a disk cache of the result.
 
 Decoding and resampling happen once per file: the 16 kHz float32 waveform is cached as ``.npy`` keyed
 by the file's path, size, mtime and the target rate, so epochs 2..N only read an array from disk (the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +19,61 @@ import soxr
 
 
 class AudioError(RuntimeError):
-    """An audio file that cannot be used; the message names the file and the reason."""
+    """An audio file that cannot be used; the message names the file and the reason.
+
+    ``reason``: ``missing`` (no such file), ``unreadable`` (soundfile cannot open or decode it) or
+    ``empty`` (no samples)."""
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AudioHeader:
+    """What an audio file's header says, read without decoding the samples."""
+
+    path: Path
+    frames: int  # samples per channel
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.frames / self.sample_rate
+
+
+def existing(path: str | Path) -> Path:
+    """``path`` as a Path; an :class:`AudioError` when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}", "missing")
+    return path
+
+
+def read_header(path: str | Path) -> AudioHeader:
+    """The header of the audio file ``path``; an :class:`AudioError` naming the file when it is missing,
+    unreadable or has no samples."""
+    path = existing(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
+        raise AudioError(f"cannot decode audio file {path}: {err}") from None
+    if info.frames <= 0:
+        raise AudioError(f"audio file has no samples: {path}", "empty")
+    return AudioHeader(path, int(info.frames), int(info.samplerate), int(info.channels))
 
 
 def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate``."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+    path = existing(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
         raise AudioError(f"cannot decode audio file {path}: {err}") from None
     if data.shape[0] == 0:
-        raise AudioError(f"audio file has no samples: {path}")
+        raise AudioError(f"audio file has no samples: {path}", "empty")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
@@ -67,11 +109,9 @@ class AudioCache:
         return hashlib.sha1(ident.encode()).hexdigest()
 
     def load(self, path: str | Path) -> np.ndarray:
-        path = Path(path)
         if self.directory is None:
             return decode(path, self.sample_rate)
-        if not path.is_file():
-            raise AudioError(f"audio file not found: {path}")
+        path = existing(path)
         cached = self.directory / f"{self._key(path)}.npy"
         try:
             return np.load(cached)

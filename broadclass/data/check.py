@@ -4,9 +4,9 @@
 problem row (``file:line``, id, what is wrong). The datamodule runs it in ``setup``, so every way into
 training gets it; ``data.on_error=raise`` stops there with the whole report, ``skip`` drops the rows.
 
-Audio is opened with ``soundfile.info`` first (missing, unreadable, empty, too long), then decoded through the
-datamodule's :class:`AudioCache` (silent, non-finite, too short): the decoded 16 kHz waveform lands in
-the cache, so the first epoch reads it from there instead of decoding again.
+Audio is opened by its header first (:func:`broadclass.data.audio.read_header`: missing, unreadable, empty,
+too long), then decoded through the datamodule's :class:`AudioCache` (silent, non-finite, too short): the
+decoded 16 kHz waveform lands in the cache, so the first epoch reads it from there instead of decoding again.
 
 ``python -m broadclass.data.check [MANIFEST ...] [OVERRIDE ...]`` checks from the shell (exit status 1
 when any row has a problem); see :func:`main`.
@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from omegaconf import OmegaConf
 
-from broadclass.data.audio import AudioCache, AudioError
+from broadclass.data.audio import AudioCache, AudioError, read_header
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import ManifestError, listed, read_manifest
 
@@ -48,6 +47,8 @@ KINDS = {
     "duplicate_id": "utterance id used by an earlier row",
     "speaker_overlap": "evaluation speaker also in the train split",
 }
+# The kind of each reason an audio header cannot be used (broadclass.data.audio.AudioError.reason).
+HEADER_KINDS = {"missing": "missing_audio", "unreadable": "unreadable_audio", "empty": "empty_audio"}
 SILENCE_PEAK = 1e-4  # -80 dBFS: digital silence, or a lone bit of dither
 EVALUATION_SPLITS = ("validation", "test")
 ON_ERROR = ("raise", "skip")
@@ -154,16 +155,12 @@ class _Audio:
 
 def inspect_audio(path: str, audio: AudioCache, max_duration: float | None = None) -> _Audio:
     """Header first (cheap; a file too long is not decoded), then the decoded waveform through the cache."""
-    if not Path(path).is_file():
-        return _Audio("missing_audio", f"{path} not found")
     try:
-        info = sf.info(path)
-    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError or TypeError by format
-        return _Audio("unreadable_audio", f"{path}: {err}")
-    if info.frames == 0:
-        return _Audio("empty_audio", f"{path}: 0 samples in the header")
-    if max_duration is not None and info.duration > max_duration:
-        return _Audio("too_long", f"{path}: {info.duration:.1f} s > data.max_duration {max_duration:g} s")
+        header = read_header(path)
+    except AudioError as err:
+        return _Audio(HEADER_KINDS[err.reason], str(err))
+    if max_duration is not None and header.duration > max_duration:
+        return _Audio("too_long", f"{path}: {header.duration:.1f} s > data.max_duration {max_duration:g} s")
     try:
         wave = audio.load(path)
     except AudioError as err:

@@ -1,9 +1,9 @@
-"""Corpus rows from tabular sources (CSV, JSONL), with the user's column names.
+"""Corpus rows from tabular sources (CSV, JSONL), with the user's column names; the speaker → category map.
 
-A corpus row, as ``broadclass.prepare`` works on it, has the fields of :data:`FIELDS`. Each field comes
-from a column: the one the user names (``--columns audio=path,phones=transcript``), else the first of the
-field's :data:`COMMON_NAMES` the source has. A required field with no column is one error that lists
-the columns found, never one error per row.
+A corpus row, as the set-making of :mod:`broadclass.data.sets` works on it, has the fields of :data:`FIELDS`.
+Each field comes from a column: the one the user names (``--columns audio=path,phones=transcript``), else
+the first of the field's :data:`COMMON_NAMES` the source has. A required field with no column is one error
+that lists the columns found, never one error per row.
 
 Every problem of every row is collected; :func:`read_table_source` raises one :class:`CorpusError`
 listing them all (file and line of each).
@@ -12,6 +12,7 @@ listing them all (file and line of each).
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,26 @@ def raise_listed(problems: Sequence[str], what: str) -> None:
     """Raise one :class:`CorpusError` listing ``problems``, if there are any."""
     if problems:
         raise CorpusError(problems, what)
+
+
+def load_category_map(path: str | Path) -> dict[str, str]:
+    """Speaker → category from a CSV (``speaker,category`` columns) or a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"category map not found: {path}")
+    if path.suffix.lower() == ".json":
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(mapping, dict):
+            raise CorpusError(f"{path}: expected a JSON object speaker -> category")
+        return {str(k): str(v) for k, v in mapping.items()}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not {"speaker", "category"} <= set(reader.fieldnames or []):
+            raise CorpusError(f"{path}: needs a header row with columns speaker,category; got {reader.fieldnames}")
+        return {row["speaker"]: row["category"] for row in reader}
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:
