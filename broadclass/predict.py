@@ -15,10 +15,14 @@ decision rule, the ``category`` with its ``confidence`` (``posterior``: the cate
 posterior mass; ``vote``: its share of the decoded tokens; ``head``: the head's probability), plus
 ``posteriors`` per category.
 
-A manifest whose rows have ``phones`` and ``category`` is scored too: the report (the validation code:
-per-category precision/recall/F1 under every rule, WER, TER, the broad-class confusion with S/D/I rates
-per class and category, and the duration of each class's segments) is printed and written to
-``<output stem>.report.json`` and ``.report.txt``. Files that cannot be read, and files longer than
+A manifest whose rows have ``phones`` and ``category`` is scored too, by the validation's own code
+(``BroadClassModule.evaluate_batch``), and each record gets its ``reference`` (``category``, ``tokens``).
+The report (per-category precision/recall/F1 under every rule, WER, TER, the loss, the broad-class
+confusion with S/D/I rates per class and category, and the duration of each class's segments) is printed
+and written to ``<output stem>.report.txt`` and ``.report.json``: the keys of a validation's
+``report.json`` (:class:`broadclass.model.evaluation.EvaluationResult`, stage ``test``, metric keys
+``test/...``; ``step`` and ``epoch`` of the model's last validation) plus ``source`` (the model) and
+``utterances``. Files that cannot be read, and files longer than
 ``max_duration`` seconds (default 30, as ``data.max_duration``; null: no limit), are listed on stderr and in
 ``<output stem>.errors.jsonl``; every other file is still predicted. A long recording is refused, not cut:
 split it into utterances first (the model was trained on utterances; its memory grows with the length).
@@ -34,8 +38,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
 import torch
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -43,14 +45,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from broadclass.data.audio import AudioError, decode, normalize
+from broadclass.data.audio import AudioError, decode, normalize, read_header
+from broadclass.data.datamodule import collate, pad_waves
 from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
-from broadclass.metrics import CategoryConfusion, RecognitionErrors, format_report
-from broadclass.metrics.alignment import ClassConfusion, class_analysis_text
-from broadclass.metrics.durations import ClassDurations
+from broadclass.metrics import format_report
+from broadclass.metrics.alignment import class_analysis_text
 from broadclass.model.checkpoint import ModelLoadError, TrainedModel
-from broadclass.model.decoding import category_posteriors, frame_seconds, greedy_segments, vote_share
+from broadclass.model.decoding import category_posteriors, frame_seconds, vote_share
 from broadclass.model.module import BroadClassModule
 from broadclass.tracking.run_model import load_model
 
@@ -110,13 +112,6 @@ def parse_args(argv: Sequence[str]) -> PredictConfig:
         raise SystemExit(f"bad argument: {err}") from None
 
 
-def probe_duration(path: str | Path) -> float:
-    try:
-        return float(sf.info(str(path)).duration)
-    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
-        raise AudioError(f"cannot decode audio file {path}: {err}") from None
-
-
 def collect(input_path: str | Path) -> list[Utterance]:
     """Utterances of a manifest (``.jsonl``), of every audio file under a folder, or of one audio file."""
     path = Path(input_path)
@@ -151,35 +146,42 @@ def check_references(utterances: Sequence[Utterance], labels: LabelMap) -> bool:
 
 
 class AudioDataset(Dataset):
-    """Normalised 16 kHz waveforms; a file that fails to decode yields its error instead of raising."""
+    """Items as the datamodule's (``broadclass.data.datamodule.collate``): the normalised 16 kHz waveform, id,
+    and with ``labels`` (scoring) the reference's token ids and category. A file that fails to decode
+    yields its ``error`` instead of raising."""
 
-    def __init__(self, utterances: Sequence[Utterance]):
+    def __init__(self, utterances: Sequence[Utterance], labels: LabelMap | None = None):
         self.utterances = utterances
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        utt = self.utterances[index]
         try:
-            return index, normalize(decode(self.utterances[index].audio_filepath, SAMPLE_RATE)), None
+            wave = normalize(decode(utt.audio_filepath, SAMPLE_RATE))
         except AudioError as err:
-            return index, None, str(err)
+            return {"index": index, "error": str(err)}
+        item = {"index": index, "input_values": wave, "id": utt.id}
+        if self.labels is not None:
+            item["labels"] = self.labels.encode(utt.phones, utt.category)
+            item["category"] = self.labels.category_index(utt.category)
+        return item
 
 
-def pad(items: Sequence[tuple[int, np.ndarray | None, str | None]]) -> dict[str, Any]:
-    good = [(i, wave) for i, wave, _ in items if wave is not None]
-    lengths = [len(wave) for _, wave in good]
-    audio = torch.zeros(len(good), max(lengths, default=0))
-    mask = torch.zeros(len(good), max(lengths, default=0), dtype=torch.long)
-    for row, (_, wave) in enumerate(good):
-        audio[row, : len(wave)] = torch.from_numpy(wave)
-        mask[row, : len(wave)] = 1
-    return {
-        "indices": [i for i, _ in good],
-        "input_values": audio,
-        "attention_mask": mask,
-        "failed": [(i, error) for i, wave, error in items if wave is None],
-    }
+def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The readable items padded into a batch (with their references when they have them), their
+    ``indices``, and the ``failed`` ones as (index, error)."""
+    readable = [item for item in items if "error" not in item]
+    if readable and "labels" in readable[0]:
+        batch = collate(readable)
+    else:
+        audio, mask = pad_waves([item["input_values"] for item in readable])
+        batch = {"input_values": audio, "attention_mask": mask}
+    batch["indices"] = [item["index"] for item in readable]
+    batch["failed"] = [(item["index"], item["error"]) for item in items if "error" in item]
+    return batch
 
 
 def rule_distributions(
@@ -220,15 +222,17 @@ def failure(utt: Utterance, error: str) -> dict[str, str]:
 
 
 def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """The transcription and category decisions of each readable utterance of a padded batch."""
-    out = module(
-        batch["input_values"].to(module.device, non_blocking=True),
-        batch["attention_mask"].to(module.device, non_blocking=True),
-    )
-    segments = greedy_segments(out["logits"], out["output_lengths"], labels.blank_id)
+    """The transcription and category decisions of each readable utterance of a padded batch; a batch with
+    references is scored as validation scores it, the module's evaluation metrics updated."""
+    on_device = {k: v.to(module.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if "labels" in batch:
+        out, segments, predictions = module.evaluate_batch(on_device)
+    else:
+        out = module(on_device["input_values"], on_device["attention_mask"])
+        segments, predictions = module.decode_outputs(out)
     decoded = [[token for token, _, _ in utterance] for utterance in segments]
     seconds = frame_seconds(module.net.config, SAMPLE_RATE)
-    preds = {rule: p.tolist() for rule, p in module.predict_categories(out, decoded).items()}
+    preds = {rule: p.tolist() for rule, p in predictions.items()}
     scores = rule_distributions(module, out, decoded)
     samples = batch["attention_mask"].sum(dim=1).tolist()
     token_class = labels.token_class()
@@ -259,64 +263,6 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
     return records
 
 
-class Scorer:
-    """The validation metrics (a category confusion per rule, WER and TER, the class confusion and the
-    class durations) over predicted utterances."""
-
-    def __init__(self, labels: LabelMap, rules: Sequence[str], frame_seconds: float):
-        self.labels = labels
-        self.confusion = {rule: CategoryConfusion(len(labels.categories)) for rule in rules}
-        self.recognition = RecognitionErrors()
-        class_names = list(labels.classes)
-        class_tags = [spec["tag"] for spec in labels.classes.values()]
-        self.class_number = {tag: c for c, tag in enumerate(class_tags)}
-        self.class_confusion = ClassConfusion(
-            class_names, class_tags, labels.category_names, [c.tag for c in labels.categories]
-        )
-        self.frame_seconds = frame_seconds
-        self.durations = ClassDurations(class_names, labels.category_names, frame_seconds)
-
-    def update(self, utterances: Sequence[Utterance], records: Sequence[dict[str, Any]]) -> None:
-        """Score a batch; each record gets its ``reference`` (category and tokens)."""
-        labels = self.labels
-        for utt, record in zip(utterances, records, strict=True):
-            record["reference"] = {
-                "category": utt.category,
-                "tokens": labels.decode(labels.encode(utt.phones, utt.category)),
-            }
-        truth = torch.tensor([labels.category_index(utt.category) for utt in utterances])
-        for rule, metric in self.confusion.items():
-            metric.update(torch.tensor([labels.category_index(r["category"][rule]["name"]) for r in records]), truth)
-        refs, hyps = [r["reference"]["tokens"] for r in records], [r["tokens"] for r in records]
-        self.recognition.update(refs, hyps)
-        categories = truth.tolist()
-        self.class_confusion.update(refs, hyps, categories)
-        # Segment times are whole frames, rounded to 0.1 ms: rounding back to frames is exact.
-        self.durations.update(
-            [
-                [
-                    (self.class_number[tag], round((seg["end"] - seg["start"]) / self.frame_seconds))
-                    for tag, seg in zip(r["classes"], r["segments"], strict=True)
-                    if tag in self.class_number
-                ]
-                for r in records
-            ],
-            categories,
-        )
-
-    def report(self, source: str, utterances: int) -> dict[str, Any]:
-        return {
-            "source": source,
-            "categories": self.labels.category_names,
-            "utterances": utterances,
-            "errors": {name: float(value) for name, value in self.recognition.compute().items()},
-            "rules": {rule: metric.report() for rule, metric in self.confusion.items()},
-            "confusion": {rule: metric.compute().tolist() for rule, metric in self.confusion.items()},
-            "class_confusion": self.class_confusion.compute(),
-            "durations": self.durations.compute(),
-        }
-
-
 def predict(
     trained: TrainedModel,
     utterances: Sequence[Utterance],
@@ -332,7 +278,7 @@ def predict(
     readable: list[Utterance] = []
     for utt in utterances:
         try:
-            duration = probe_duration(utt.audio_filepath)
+            duration = read_header(utt.audio_filepath).duration
         except AudioError as err:
             outputs.errors.append(failure(utt, str(err)))
             continue
@@ -342,12 +288,11 @@ def predict(
             readable.append(replace(utt, duration=duration))
     labels = trained.labels
     module = trained.module.to(resolve_device(device)).eval()
-    seconds = frame_seconds(module.net.config, SAMPLE_RATE)
-    scorer = Scorer(labels, module.rules, seconds) if check_references(readable, labels) else None
+    scored = check_references(readable, labels)
     loader = DataLoader(
-        AudioDataset(readable),
+        AudioDataset(readable, labels if scored else None),
         batch_sampler=length_sorted_batches(readable, batch_size),
-        collate_fn=pad,
+        collate_fn=collate_readable,
         num_workers=num_workers,
         pin_memory=module.device.type == "cuda",
     )
@@ -365,13 +310,17 @@ def predict(
                     {"id": utt.id, "audio_filepath": utt.audio_filepath, **record}
                     for utt, record in zip(batch_utts, predict_batch(module, labels, batch), strict=True)
                 ]
-                if scorer is not None:
-                    scorer.update(batch_utts, records)
+                if scored:
+                    for utt, record in zip(batch_utts, records, strict=True):
+                        tokens = labels.decode(labels.encode(utt.phones, utt.category))
+                        record["reference"] = {"category": utt.category, "tokens": tokens}
                 by_index.update(zip(batch["indices"], records, strict=True))
             progress.advance(task, len(batch["indices"]) + len(batch["failed"]))
     outputs.records = [by_index[i] for i in sorted(by_index)]
-    if scorer is not None and outputs.records:
-        outputs.report = scorer.report(trained.source, len(outputs.records))
+    if scored and outputs.records:
+        trained_at = trained.metadata.get("report") or {}  # the model's last validation
+        result = module.evaluation_result("test", int(trained_at.get("step", 0)), int(trained_at.get("epoch", 0)))
+        outputs.report = {"source": trained.source, "utterances": len(outputs.records), **result.summary()}
     return outputs
 
 
@@ -381,7 +330,7 @@ def report_text(report: dict[str, Any]) -> str:
         f"{report['utterances']} utterances scored, model {report['source']}",
         f"WER {errors['wer']:.4f}   TER {errors['ter']:.4f}",
     ]
-    for rule, scores in report["rules"].items():
+    for rule, scores in report["rule_reports"].items():
         lines += ["", f"category (rule: {rule})", format_report(scores, report["categories"], digits=4)]
     lines += ["", class_analysis_text(report["class_confusion"], report["durations"])]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import jiwer
@@ -19,6 +20,7 @@ from broadclass import predict
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
 from broadclass.model.checkpoint import ModelLoadError, VocabularyMismatchError, label_config
+from broadclass.model.evaluation import EvaluationResult
 from broadclass.tracking.run_model import load_model
 
 RULES = {"vote", "posterior"}
@@ -75,14 +77,22 @@ def test_a_manifest_with_references_is_scored_and_the_report_written(trained_run
 
     records = read_jsonl(out)
     report = json.loads(out.with_suffix(".report.json").read_text(encoding="utf-8"))
+    # The validation's report (scored by the same code), with the model and the number of utterances.
+    assert set(report) == {field.name for field in fields(EvaluationResult)} - {"predictions"} | {
+        "source",
+        "utterances",
+    }
+    assert report["stage"] == "test" and report["rule"] == "posterior" and "test/loss" in report["metrics"]
     assert report["utterances"] == len(records) == len(read_manifest(demo_corpus["validation"]))
     truth = [CATEGORIES.index(r["reference"]["category"]) for r in records]
     for rule in RULES:
         # The report equals sklearn's on the categories written per utterance.
         predicted = [CATEGORIES.index(r["category"][rule]["name"]) for r in records]
         expected = classification_report(truth, predicted, labels=range(4), output_dict=True, zero_division=0)
-        assert report["rules"][rule]["accuracy"] == pytest.approx(expected["accuracy"])
-        assert report["rules"][rule]["macro avg"]["f1-score"] == pytest.approx(expected["macro avg"]["f1-score"])
+        scores = report["rule_reports"][rule]
+        assert scores["accuracy"] == pytest.approx(expected["accuracy"])
+        assert scores["macro avg"]["f1-score"] == pytest.approx(expected["macro avg"]["f1-score"])
+        assert report["metrics"][f"test/rule/{rule}/accuracy"] == pytest.approx(expected["accuracy"])
     # TER: jiwer's word error rate over class tags (category tags and word boundaries left out).
     strip = lambda tokens: " ".join(t.rpartition("_")[0] for t in tokens if t != "|")  # noqa: E731
     ter = jiwer.wer([strip(r["reference"]["tokens"]) for r in records], [strip(r["tokens"]) for r in records])

@@ -166,18 +166,25 @@ def padded_length(length: int, lengths_per_octave: int) -> int:
     return -(-length // quantum) * quantum
 
 
+def pad_waves(waves: Sequence[np.ndarray], lengths_per_octave: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms zero-padded into one batch, and the attention mask marking their real samples (1) against
+    the padding (0); the padded length is the longest wave's, rounded up by :func:`padded_length`."""
+    lengths = [len(wave) for wave in waves]
+    width = padded_length(max(lengths, default=0), lengths_per_octave)
+    audio = torch.zeros(len(waves), width)
+    mask = torch.zeros(len(waves), width, dtype=torch.long)
+    for i, wave in enumerate(waves):
+        audio[i, : lengths[i]] = torch.from_numpy(wave)
+        mask[i, : lengths[i]] = 1
+    return audio, mask
+
+
 def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
-    """Pad audio with zeros (attention_mask marks real samples) and labels with -100; the padded
-    length is the longest item's, rounded up by :func:`padded_length`."""
-    lengths = torch.tensor([len(item["input_values"]) for item in items])
+    """Pad audio with zeros (:func:`pad_waves`) and labels with -100."""
+    audio, mask = pad_waves([item["input_values"] for item in items], lengths_per_octave)
     label_lengths = torch.tensor([len(item["labels"]) for item in items])
-    width = padded_length(int(lengths.max()), lengths_per_octave)
-    audio = torch.zeros(len(items), width)
-    mask = torch.zeros(len(items), width, dtype=torch.long)
     labels = torch.full((len(items), max(int(label_lengths.max()), 1)), -100, dtype=torch.long)
     for i, item in enumerate(items):
-        audio[i, : lengths[i]] = torch.from_numpy(item["input_values"])
-        mask[i, : lengths[i]] = 1
         labels[i, : label_lengths[i]] = torch.tensor(item["labels"], dtype=torch.long)
     return {
         "input_values": audio,

@@ -1,4 +1,5 @@
-"""What one evaluation (a validation or the test) found: built once by the module, read by attribute."""
+"""What one evaluation (a validation, the test, or predict on a manifest with references) found: built once by
+the module (``BroadClassModule.evaluation_result``), read by attribute."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ class EvaluationResult:
     epoch: int
     rule: str  # the category decision rule the report and confusion matrix are for
     categories: list[str]  # category names, by category id
-    report: dict[str, Any]  # the classification report (broadclass.metrics.classification)
+    report: dict[str, Any]  # the classification report of ``rule`` (broadclass.metrics.classification)
+    rule_reports: dict[str, dict[str, Any]]  # the classification report of every rule, by rule
     confusion: list[list[int]]  # rows: true category, columns: decided category
     errors: dict[str, float]  # WER and TER
     metrics: dict[str, float]  # every logged metric of this evaluation, by key

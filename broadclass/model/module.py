@@ -141,17 +141,25 @@ class BroadClassModule(pl.LightningModule):
             preds["head"] = out["category_logits"].argmax(dim=1)
         return preds
 
-    def _evaluation_step(self, batch: dict, stage: str) -> None:
+    def decode_outputs(self, out: dict[str, torch.Tensor]) -> tuple[list[list[tuple[int, int, int]]], dict]:
+        """Each utterance's greedy CTC segments (token id, first frame, end frame), and the category decisions
+        under every rule (:meth:`predict_categories`)."""
+        segments = greedy_segments(out["logits"], out["output_lengths"], self.labels.blank_id)
+        decoded = [[token for token, _, _ in utterance] for utterance in segments]
+        return segments, self.predict_categories(out, decoded)
+
+    def evaluate_batch(self, batch: dict) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, int, int]]], dict]:
+        """Score one batch with references (``labels``, ``categories``): the loss and every evaluation metric
+        are updated and each utterance's prediction kept, until :meth:`evaluation_result`. Returns the
+        network's outputs and their :meth:`decode_outputs`, for a caller that reports them too (predict)."""
         out = self(batch["input_values"], batch["attention_mask"])
         loss, _ = self._loss(out, batch)
         self.eval_loss.update(loss.detach().float(), weight=len(batch["ids"]))
-        segments = greedy_segments(out["logits"], out["output_lengths"], self.labels.blank_id)
-        decoded = [[token for token, _, _ in utterance] for utterance in segments]
-        preds = self.predict_categories(out, decoded)
+        segments, preds = self.decode_outputs(out)
         for rule, pred in preds.items():
             self.confusion[rule].update(pred, batch["categories"])
         refs = [self.labels.decode(row[row >= 0].tolist()) for row in batch["labels"].cpu()]
-        hyps = [self.labels.decode(ids) for ids in decoded]
+        hyps = [self.labels.decode([token for token, _, _ in utterance]) for utterance in segments]
         self.errors.update(refs, hyps)
         categories = batch["categories"].tolist()
         self.class_confusion.update(refs, hyps, categories)
@@ -169,36 +177,34 @@ class BroadClassModule(pl.LightningModule):
                     "speaker": batch["speakers"][i] if "speakers" in batch else None,
                 }
             )
+        return out, segments, preds
 
     def class_segments(self, segments: list[list[tuple[int, int, int]]]) -> list[list[tuple[int, int]]]:
         """(class number, frames) of each decoded class token (word boundaries left out)."""
         classes = self.token_class_number
         return [[(classes[t], end - start) for t, start, end in utterance if classes[t] >= 0] for utterance in segments]
 
-    def _evaluation_epoch_end(self, stage: str) -> None:
+    def evaluation_result(self, stage: str, step: int, epoch: int) -> EvaluationResult:
+        """What the batches scored since the last call (:meth:`evaluate_batch`) add up to; the metrics restart."""
         rule = self.hparams.decision_rule
-        report = self.confusion[rule].report()
+        rule_reports = {other: self.confusion[other].report() for other in self.rules}
         confusion = self.confusion[rule].compute()
         errors = {k: float(v) for k, v in self.errors.compute().items()}
-        metrics = flatten_report(report, self.labels.category_names, prefix=stage)
+        metrics = flatten_report(rule_reports[rule], self.labels.category_names, prefix=stage)
         metrics.update({f"{stage}/{name}": value for name, value in errors.items()})
         metrics[f"{stage}/loss"] = float(self.eval_loss.compute())
-        for other in self.rules:
-            acc = self.confusion[other].report()["accuracy"]
-            metrics[f"{stage}/rule/{other}/accuracy"] = acc
+        for other, other_report in rule_reports.items():
+            metrics[f"{stage}/rule/{other}/accuracy"] = other_report["accuracy"]
         class_confusion = self.class_confusion.compute()
         metrics.update(class_rate_metrics(class_confusion, stage))
-        # Logged at the optimizer step: Lightning's default logger step during validation is one less (it
-        # counts the step after validation has run); a logged "step" is the step loggers use instead.
-        position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
-        self.log_dict({**metrics, **position}, on_step=False, on_epoch=True)
-        self.last_evaluation = EvaluationResult(
+        result = EvaluationResult(
             stage=stage,
-            step=int(self.global_step),
-            epoch=int(self.current_epoch),
+            step=step,
+            epoch=epoch,
             rule=rule,
             categories=self.labels.category_names,
-            report=report,
+            report=rule_reports[rule],
+            rule_reports=rule_reports,
             confusion=confusion.tolist(),
             errors=errors,
             metrics=metrics,
@@ -209,6 +215,14 @@ class BroadClassModule(pl.LightningModule):
         self.predictions = []
         for metric in (*self.confusion.values(), self.errors, self.eval_loss, self.class_confusion, self.durations):
             metric.reset()
+        return result
+
+    def _evaluation_epoch_end(self, stage: str) -> None:
+        self.last_evaluation = self.evaluation_result(stage, int(self.global_step), int(self.current_epoch))
+        # Logged at the optimizer step: Lightning's default logger step during validation is one less (it
+        # counts the step after validation has run); a logged "step" is the step loggers use instead.
+        position = {"step": float(self.global_step), "epoch": float(self.current_epoch)}
+        self.log_dict({**self.last_evaluation.metrics, **position}, on_step=False, on_epoch=True)
 
     def _all_predictions(self) -> list[dict[str, Any]]:
         """Every process's per-utterance predictions (each process evaluates its share of the batches)."""
@@ -219,13 +233,13 @@ class BroadClassModule(pl.LightningModule):
         return [prediction for part in gathered for prediction in part]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, "val")
+        self.evaluate_batch(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_epoch_end("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluation_step(batch, "test")
+        self.evaluate_batch(batch)
 
     def on_test_epoch_end(self) -> None:
         self._evaluation_epoch_end("test")
