@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from broadclass.data.audio import AudioCache, AudioError, change_speed, decode, normalize
+from broadclass.data.audio import AudioCache, AudioError, change_speed, decode, normalize, read_header
 
 
 def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -34,6 +34,23 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     junk.write_bytes(b"RIFF\x00\x01garbage" * 10)
     with pytest.raises(AudioError, match="cannot decode .*junk.wav"):
         decode(junk)
+
+
+def test_the_header_gives_length_rate_and_channels_and_names_the_file_it_cannot_use(tmp_path):
+    path = tmp_path / "stereo.wav"
+    sf.write(path, tone(22_050, 1.5, channels=2), 22_050)
+    header = read_header(path)
+    assert (header.frames, header.sample_rate, header.channels) == (33_075, 22_050, 2)
+    assert header.duration == pytest.approx(1.5)
+    junk, empty = tmp_path / "junk.wav", tmp_path / "empty.wav"
+    junk.write_bytes(b"RIFF\x00\x01garbage" * 10)
+    sf.write(empty, np.zeros(0), 16_000)
+    reasons = {}
+    for bad in (tmp_path / "nowhere.wav", junk, empty):
+        with pytest.raises(AudioError, match=bad.name) as err:
+            read_header(bad)
+        reasons[bad.name] = err.value.reason
+    assert reasons == {"nowhere.wav": "missing", "junk.wav": "unreadable", "empty.wav": "empty"}
 
 
 def test_normalize_gives_zero_mean_unit_variance():
