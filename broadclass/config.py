@@ -252,6 +252,15 @@ def _keys(fields: dict[str, dataclasses.Field], extra: str | None) -> list[str]:
     return [name for name in fields if name != extra]
 
 
+def _shown(value: Any) -> str:
+    """A default as it would be typed: ``null``, ``true``, ``[a, b]``, a path as it is."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return f"[{', '.join(map(str, value))}]"
+    return str(value)
+
+
 def arguments_help(schema: type, prog: str, about: str) -> str:
     """``about``, then one line per key: ``key=<default>`` (or ``(required)``) and what it is."""
     fields = dataclasses.fields(schema)
@@ -265,7 +274,7 @@ def arguments_help(schema: type, prog: str, about: str) -> str:
             default = f"{f.name}=... (required)"
         else:
             value = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            default = f"{f.name}={OmegaConf.to_yaml({'v': value}).strip()[3:]}"
+            default = f"{f.name}={_shown(value)}"
         where = " (also by position)" if f.metadata.get("positional") else ""
         choices = f" [{', '.join(f.metadata['choices'])}]" if f.metadata.get("choices") else ""
         lines.append(f"  {default:<28} {f.metadata.get('help', '')}{choices}{where}")

@@ -51,7 +51,6 @@ made before. ``locate_set`` is the data config's ``prepare`` step for one set (`
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -60,13 +59,14 @@ import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
 from rich.console import Console
 from rich.progress import track
 
-from broadclass.config import project_root
+from broadclass.config import argument, parse_arguments, project_root
 from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_source
 from broadclass.data.labels import UnknownPhoneError
 from broadclass.data.manifest import ManifestError, write_manifest, write_text_atomic
@@ -492,33 +492,36 @@ def locate_set(set_dir: str | Path, set_name: str) -> dict[str, Path]:
     return manifests
 
 
-def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(
-        description="Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK).",
-        epilog="See the module docstring (python -m pydoc broadclass.prepare) for the input formats.",
+@dataclass
+class PrepareArguments:
+    source: str = argument(
+        help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)",
+        positional=True,
     )
-    parser.add_argument(
-        "source", help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for set1/ … setK/ (default data/sets)")
-    parser.add_argument("--sets", type=int, help=f"number of sets = folds of speakers (default {DEFAULT_SETS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the speaker order (default 0)")
-    parser.add_argument("--test-share", type=float, default=0.0, help="share held out as a common test split")
-    parser.add_argument("--category-map", type=Path, help="CSV speaker,category or JSON {speaker: category}")
-    parser.add_argument("--category-level", type=int, help="TIMIT folder: category = folder N levels up")
-    parser.add_argument("--labels", help="check every phone maps: ipa, arpabet, timit61 or a YAML path")
-    parser.add_argument(
-        "--columns",
-        help="which column holds each field, e.g. audio=path,phones=transcript,category=emotion,speaker=spk "
+    out: Path = argument(DEFAULT_OUT, "folder for set1/ … setK/")
+    sets: int | None = argument(None, f"number of sets = folds of speakers (null: {DEFAULT_SETS})")
+    seed: int = argument(0, "seed of the speaker order")
+    test_share: float = argument(0.0, "share held out as a common test split")
+    category_map: Path | None = argument(None, "CSV speaker,category or JSON {speaker: category}")
+    category_level: int | None = argument(None, "TIMIT folder: category = folder N levels up")
+    labels: str | None = argument(None, "check every phone maps: ipa, arpabet, timit61 or a YAML path")
+    columns: str | None = argument(
+        None,
+        "which column holds each field, e.g. columns=audio=path,phones=transcript,category=emotion,speaker=spk "
         "(fields: audio, phones, text, category, speaker, id)",
     )
-    parser.add_argument("--phonemize", metavar="VOICE", help="phones from the text column with this eSpeak voice")
-    parser.add_argument("--keep-splits", action="store_true", help="a dataset: one set of its own splits, no folds")
-    parser.add_argument(
-        "--check", action="store_true", help="then check every row as training will (broadclass.data.check)"
+    phonemize: str | None = argument(None, "phones from the text column with this eSpeak voice (en-us, es …)")
+    keep_splits: bool = argument(False, "a dataset: one set of its own splits, no folds")
+    check: bool = argument(False, "then check every row as training will (broadclass.data.check)")
+    debug: bool = argument(False, "show the traceback of an input error")
+
+
+def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
+    about = (
+        "Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK). "
+        "See the module docstring (python -m pydoc broadclass.prepare) for the input formats."
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
-    args = parser.parse_args(argv)
+    args = parse_arguments(PrepareArguments, argv, "python -m broadclass.prepare", about)
     try:
         summaries = prepare_sets(
             args.source,

@@ -111,7 +111,7 @@ def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = F
     came from, else a short card from the checkpoint's metadata."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=true to replace its files)")
     out.mkdir(parents=True, exist_ok=True)
     labels = trained.labels
     network = trained.module.net

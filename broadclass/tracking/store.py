@@ -1,6 +1,6 @@
 """The MLflow store: the default tracking URI, probing a tracking server, opening the store, finding a run.
 
-One home for what the entry points (train, predict, export, report, report --compare) and the tracking
+One home for what the entry points (train, predict, export, report, report compare=) and the tracking
 modules need to reach the store the project logs to. Light to import: MLflow is imported when a store is
 opened, requests when a server is probed.
 
@@ -42,7 +42,7 @@ def open_store(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         if not path.is_file():
-            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
+            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass tracking_uri=<uri>")
     return MlflowClient(uri)
 
 
