@@ -55,52 +55,54 @@ class ConfigError(ValueError):
     pass
 
 
+# The types of the typed sections, not their values: every value is stated once, in the YAML (conf/model/,
+# conf/data/, train.yaml's monitor), or where the YAML leaves a key out, in the constructor it is passed to.
 @dataclass
 class MonitorSchema:
-    metric: str = "val/macro_avg/f1"
-    mode: str = "max"
+    metric: str = MISSING
+    mode: str = MISSING
 
 
 @dataclass
 class ModelSchema:
-    _target_: str = "broadclass.model.module.BroadClassModule"
-    _convert_: str = "all"
-    pretrained: Any = None
-    config: Any = None
-    freeze_feature_encoder: bool = True
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    decision_rule: str = "posterior"
-    category_head_weight: float = 0.0
-    ctc_loss_reduction: str = "mean"
-    gradient_checkpointing: bool = False
+    _target_: str = MISSING
+    _convert_: str = MISSING
+    pretrained: Any = MISSING
+    config: Any = MISSING
+    freeze_feature_encoder: bool = MISSING
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
+    warmup_steps: int = MISSING
+    decision_rule: str = MISSING
+    category_head_weight: float = MISSING
+    ctc_loss_reduction: str = MISSING
+    gradient_checkpointing: bool = MISSING
 
 
 @dataclass
 class DataSchema:
-    _target_: str = "broadclass.data.datamodule.BroadClassDataModule"
-    _convert_: str = "all"
-    labels: Any = None
-    categories: list[Any] = field(default_factory=list)
-    train_manifest: Any = None
-    val_manifest: Any = None
-    test_manifest: Any = None
-    prepare: Any = None
-    batch_size: int = 8
-    eval_batch_size: int = 8
-    num_workers: int = 0
-    sample_rate: int = 16000
-    cache_dir: Any = None
-    seed: int = 0
-    bucket_jitter: float = 0.02
-    padded_lengths_per_octave: int = 16
-    on_error: str = "raise"
-    allow_speaker_overlap: bool = False
-    max_duration: float | None = 30.0
-    speed_perturbation: list[float] | None = None
+    _target_: str = MISSING
+    _convert_: str = MISSING
+    labels: Any = MISSING
+    categories: list[Any] = MISSING
+    train_manifest: Any = MISSING
+    val_manifest: Any = MISSING
+    test_manifest: Any = MISSING
+    prepare: Any = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    num_workers: int = MISSING
+    sample_rate: int = MISSING
+    cache_dir: Any = MISSING
+    seed: int = MISSING
+    bucket_jitter: float = MISSING
+    padded_lengths_per_octave: int = MISSING
+    on_error: str = MISSING
+    allow_speaker_overlap: bool = MISSING
+    max_duration: float | None = MISSING
+    speed_perturbation: list[float] | None = MISSING
 
 
 SCHEMAS = {"model": ModelSchema, "data": DataSchema, "monitor": MonitorSchema}
