@@ -1,4 +1,5 @@
-"""OmegaConf resolvers and the typed checks run on a composed config before anything is built.
+"""OmegaConf resolvers, the typed checks run on a composed config before anything is built, and the
+``key=value`` command line of every entry point but train (:func:`parse_arguments`).
 
 The foundation every layer may import (the package imports it first, registering the resolvers): it imports
 nothing of broadclass. The one resolver that needs a layer, ``bc.run_dir``, is registered by that layer
