@@ -58,9 +58,7 @@ def make_sets(work: Path, n_train: int, n_val: int) -> Path:
     corpus = manifests["train"].parent / "corpus.jsonl"  # beside the manifests: their audio paths stay valid
     corpus.write_text("".join(manifests[split].read_text() for split in ("train", "validation")))
     sets = work / "sets"
-    subprocess.run(
-        [sys.executable, "-m", "broadclass.prepare", str(corpus), "--sets", "5", "--out", str(sets)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "broadclass.prepare", str(corpus), "sets=5", f"out={sets}"], check=True)
     return sets
 
 

@@ -1,4 +1,5 @@
-"""Export a trained model as a standard HuggingFace folder: ``python -m broadclass.export <source> <out dir>``.
+"""Export a trained model as a standard HuggingFace folder: ``python -m broadclass.export <source> <out dir>``
+(or ``source=<source> out_dir=<out dir>``; ``--help`` lists every key).
 
 ``<source>`` is a Lightning checkpoint, an exported folder, an MLflow run (id or name) or a ``models:/`` URI.
 What the folder holds: ``broadclass.model.export``.
@@ -6,22 +7,28 @@ What the folder holds: ``broadclass.model.export``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from broadclass.config import argument, parse_arguments
 from broadclass.model.checkpoint import ModelLoadError
 from broadclass.model.export import export_model
 from broadclass.tracking.run_model import load_model
 
 
+@dataclass
+class ExportArguments:
+    source: str = argument(
+        help="Lightning checkpoint, exported folder, MLflow run id or name, models:/ URI", positional=True
+    )
+    out_dir: str = argument(help="folder to write (must be empty or new)", positional=True)
+    tracking_uri: str | None = argument(None, "default: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db")
+    overwrite: bool = argument(False, "replace the files of a non-empty out_dir")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broadclass.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="Lightning checkpoint, exported folder, or MLflow run id or name")
-    parser.add_argument("out_dir", help="folder to write (must be empty or new)")
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
-    parser.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty out_dir")
-    args = parser.parse_args(argv)
+    args = parse_arguments(ExportArguments, argv, "python -m broadclass.export", __doc__.split("\n\n")[0])
     try:
         trained = load_model(args.source, tracking_uri=args.tracking_uri)
         if trained.module.category_head is not None:

@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from broadclass.config import argument, parse_arguments
 from broadclass.data.audio import AudioError, decode, normalize, read_header
 from broadclass.data.datamodule import collate, pad_waves
 from broadclass.data.labels import LabelMap, UnknownPhoneError
@@ -62,15 +61,15 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".a
 
 @dataclass
 class PredictConfig:
-    model: str = MISSING
-    input: str = MISSING
-    output: str = "predictions.jsonl"
-    csv: bool = False
-    batch_size: int = 8
-    num_workers: int = 0
-    device: str = "auto"
-    max_duration: float | None = 30.0
-    tracking_uri: str | None = None
+    model: str = argument(help="checkpoint, exported folder, MLflow run id or name, or models:/<name>/<version>")
+    input: str = argument(help="an audio file, a folder of audio files, or a manifest (.jsonl)")
+    output: str = argument("predictions.jsonl", "the JSON lines written (reports and errors beside it)")
+    csv: bool = argument(False, "also write <output stem>.csv")
+    batch_size: int = argument(8, "utterances per batch")
+    num_workers: int = argument(0, "audio-decoding worker processes")
+    device: str = argument("auto", "auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
+    max_duration: float | None = argument(30.0, "seconds; a longer file is refused (null: no limit)")
+    tracking_uri: str | None = argument(None, "for a run id or name: default $MLFLOW_TRACKING_URI or the project's")
 
 
 class InputError(ValueError):
@@ -94,22 +93,9 @@ class Outputs:
     report: dict[str, Any] | None = None
 
 
-def parse_args(argv: Sequence[str]) -> PredictConfig:
-    """``key=value`` arguments (Hydra override syntax) checked against :class:`PredictConfig`."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    malformed = [arg for arg in argv if "=" not in arg]
-    if malformed:
-        raise SystemExit(f"arguments are key=value (e.g. model=last.ckpt input=audio/), got: {' '.join(malformed)}")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), OmegaConf.from_dotlist(list(argv)))
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise SystemExit(f"required: {', '.join(f'{key}=...' for key in missing)}")
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise SystemExit(f"bad argument: {err}") from None
+def parse_args(argv: Sequence[str] | None) -> PredictConfig:
+    """``key=value`` arguments checked against :class:`PredictConfig`."""
+    return parse_arguments(PredictConfig, argv, "python -m broadclass.predict", __doc__)
 
 
 def collect(input_path: str | Path) -> list[Utterance]:
@@ -349,7 +335,7 @@ def write_csv(path: Path, records: Sequence[dict[str, Any]], rules: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(argv)
     stderr = Console(stderr=True)
     try:
         utterances = collect(cfg.input)

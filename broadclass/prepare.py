@@ -1,30 +1,30 @@
 """Turn a corpus into k speaker-disjoint sets for the reference recipe (``+experiment=onSet1`` …).
 
-``python -m broadclass.prepare SOURCE --sets 5`` writes the sets to ``data/sets`` (``--out`` elsewhere:
+``python -m broadclass.prepare SOURCE sets=5`` writes the sets to ``data/sets`` (``out=<folder>`` elsewhere:
 then train with ``paths.sets_dir=<that folder>``). SOURCE is one of:
 
 * a manifest, JSONL or CSV (header row), one utterance a row: ``audio_filepath`` (absolute, or relative
   to the manifest's folder), ``phones`` (phone units separated by spaces, ``|`` between words),
   ``category`` and ``speaker``; optional ``id`` (default ``<speaker>-<audio file stem>``) and ``text``.
-  With ``--category-map`` the category may come from the speaker instead of a column.
+  With ``category_map=`` the category may come from the speaker instead of a column.
 * a HuggingFace ``datasets`` dataset: a ``save_to_disk`` folder, parquet or arrow files, or a hub id
   (:mod:`broadclass.data.hf_datasets`). Its audio (``Audio`` bytes or paths, or arrays) is written to
-  ``OUT/audio/``. ``--keep-splits`` makes one set of its own train/validation(/test) splits instead of
+  ``OUT/audio/``. ``keep_splits=true`` makes one set of its own train/validation(/test) splits instead of
   speaker folds (no speaker column needed then).
 * a TIMIT-style folder: every ``<utt>.phn`` (lines ``start end phone``) with its audio beside it
   (``<utt>.wav``, ``<utt>.WAV`` or ``<utt>.WAV.wav``); the speaker is the folder holding them. A
   ``<utt>.wrd`` beside it (TIMIT's word alignment) puts ``|`` between the words' phones. The category
-  comes from ``--category-map`` (CSV ``speaker,category`` or a JSON object speaker → category) or from
-  ``--category-level N``: the name of the folder N levels above the audio file (1 = the speaker's
+  comes from ``category_map=`` (CSV ``speaker,category`` or a JSON object speaker → category) or from
+  ``category_level=N``: the name of the folder N levels above the audio file (1 = the speaker's
   folder, 2 = its parent, e.g. TIMIT's dialect region ``dr1``).
 
-Columns of a table or dataset (:mod:`broadclass.data.sources`): ``--columns audio=path,phones=transcript,
+Columns of a table or dataset (:mod:`broadclass.data.sources`): ``columns=audio=path,phones=transcript,
 category=emotion,speaker=spk`` names them; without it common names are recognised (``audio``, ``path``,
-``file``, ``wav``, ``text``, ``transcription``, ``label``, ``speaker_id`` …). ``--phonemize <eSpeak
+``file``, ``wav``, ``text``, ``transcription``, ``label``, ``speaker_id`` …). ``phonemize=<eSpeak
 voice>`` turns an orthographic ``text`` column into IPA phones (:mod:`broadclass.data.phonemize`).
 
 The speakers are dealt into k folds, stratified by category, and set i validates on fold i and trains on
-the rest; ``--test-share p`` first holds out about a share p of each category's utterances as a test split
+the rest; ``test_share=p`` first holds out about a share p of each category's utterances as a test split
 common to all sets. How, and the checks: :mod:`broadclass.data.sets`.
 
 Output::
@@ -32,24 +32,24 @@ Output::
     OUT/sets.json                      the arguments and each speaker's fold (-1 = test)
     OUT/set<i>/train.jsonl             manifests (broadclass.data.manifest format, absolute audio paths,
     OUT/set<i>/validation.jsonl        durations read from the audio headers)
-    OUT/set<i>/test.jsonl              with --test-share
+    OUT/set<i>/test.jsonl              with test_share=
     OUT/set<i>/summary.md, .json       speakers, utterances, hours and utterances per category, per split
     OUT/audio/                         a dataset's audio, one file per utterance id
 
 Every problem of every row (columns, fields, audio, phones eSpeak cannot say, phones with no broad
 class) is reported at once before anything is written: the report and exit status 1, a traceback only with
-``--debug`` (or ``HYDRA_FULL_ERROR=1``). The same arguments give byte-identical files.
+``debug=true`` (or ``HYDRA_FULL_ERROR=1``). The same arguments give byte-identical files.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from broadclass.config import project_root
+from broadclass.config import argument, parse_arguments, project_root
 from broadclass.data.manifest import ManifestError
 from broadclass.data.sets import DEFAULT_SETS, format_summary, locate_set, prepare_sets, suggest_tags
 from broadclass.data.sources import CorpusError
@@ -58,33 +58,36 @@ from broadclass.data.sources import CorpusError
 DEFAULT_OUT = project_root() / "data" / "sets"
 
 
-def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(
-        description="Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK).",
-        epilog="See the module docstring (python -m pydoc broadclass.prepare) for the input formats.",
+@dataclass
+class PrepareArguments:
+    source: str = argument(
+        help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)",
+        positional=True,
     )
-    parser.add_argument(
-        "source", help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for set1/ … setK/ (default data/sets)")
-    parser.add_argument("--sets", type=int, help=f"number of sets = folds of speakers (default {DEFAULT_SETS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the speaker order (default 0)")
-    parser.add_argument("--test-share", type=float, default=0.0, help="share held out as a common test split")
-    parser.add_argument("--category-map", type=Path, help="CSV speaker,category or JSON {speaker: category}")
-    parser.add_argument("--category-level", type=int, help="TIMIT folder: category = folder N levels up")
-    parser.add_argument("--labels", help="check every phone maps: ipa, arpabet, timit61 or a YAML path")
-    parser.add_argument(
-        "--columns",
-        help="which column holds each field, e.g. audio=path,phones=transcript,category=emotion,speaker=spk "
+    out: Path = argument(DEFAULT_OUT, "folder for set1/ … setK/")
+    sets: int | None = argument(None, f"number of sets = folds of speakers (null: {DEFAULT_SETS})")
+    seed: int = argument(0, "seed of the speaker order")
+    test_share: float = argument(0.0, "share held out as a common test split")
+    category_map: Path | None = argument(None, "CSV speaker,category or JSON {speaker: category}")
+    category_level: int | None = argument(None, "TIMIT folder: category = folder N levels up")
+    labels: str | None = argument(None, "check every phone maps: ipa, arpabet, timit61 or a YAML path")
+    columns: str | None = argument(
+        None,
+        "which column holds each field, e.g. columns=audio=path,phones=transcript,category=emotion,speaker=spk "
         "(fields: audio, phones, text, category, speaker, id)",
     )
-    parser.add_argument("--phonemize", metavar="VOICE", help="phones from the text column with this eSpeak voice")
-    parser.add_argument("--keep-splits", action="store_true", help="a dataset: one set of its own splits, no folds")
-    parser.add_argument(
-        "--check", action="store_true", help="then check every row as training will (broadclass.data.check)"
+    phonemize: str | None = argument(None, "phones from the text column with this eSpeak voice (en-us, es …)")
+    keep_splits: bool = argument(False, "a dataset: one set of its own splits, no folds")
+    check: bool = argument(False, "then check every row as training will (broadclass.data.check)")
+    debug: bool = argument(False, "show the traceback of an input error")
+
+
+def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
+    about = (
+        "Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK). "
+        "See the module docstring (python -m pydoc broadclass.prepare) for the input formats."
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
-    args = parser.parse_args(argv)
+    args = parse_arguments(PrepareArguments, argv, "python -m broadclass.prepare", about)
     try:
         summaries = prepare_sets(
             args.source,
@@ -116,7 +119,7 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
 
         manifests = [str(path) for path in locate_set(args.out, "set1").values()]
         labels = args.labels or ("ipa" if args.phonemize else None)
-        if check([*manifests, f"data.categories=[{tags}]", *(["--labels", labels] if labels else [])], print_fn):
+        if check([*manifests, f"data.categories=[{tags}]", *([f"labels={labels}"] if labels else [])], print_fn):
             raise SystemExit(1)
     return summaries
 

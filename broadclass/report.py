@@ -1,40 +1,45 @@
 """``python -m broadclass.report <run id or run name>``: the Markdown model card of an MLflow run.
 
-``--compare <experiment name or sweep dir>`` hands over to ``broadclass.tracking.compare`` (side-by-side
-tables of several runs). ``--compare A B`` with two runs (ids or names) scored on the same utterances:
+``compare=<experiment name or sweep dir>`` hands over to ``broadclass.tracking.compare`` (side-by-side
+tables of several runs). ``compare=A B`` with two runs (ids or names) scored on the same utterances:
 their bootstrap intervals side by side and the paired tests (McNemar on the category decisions, a paired
 bootstrap on TER), on the evaluation both logged (the test where both have one, else the best validation).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from broadclass.config import argument, parse_arguments
 from broadclass.tracking.error_analysis import paired_runs_markdown
 from broadclass.tracking.model_card import RunRecord, build_card, evaluation_predictions, evaluations_of
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m broadclass.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", help="MLflow run id or run name (with --compare RUN: the second run)")
-    parser.add_argument(
-        "--compare",
-        metavar="EXPERIMENT_OR_SWEEP_DIR",
-        help="compare the runs of an MLflow experiment or a Hydra sweep instead (broadclass.tracking.compare); "
-        "--compare RUN_A RUN_B: two runs on the same utterances, with paired tests",
+@dataclass
+class ReportArguments:
+    run: str | None = argument(None, "MLflow run id or run name (with compare=RUN: the second run)", positional=True)
+    compare: str | None = argument(
+        None,
+        "compare the runs of an MLflow experiment or a Hydra sweep folder instead (broadclass.tracking.compare); "
+        "with a run: two runs on the same utterances, with paired tests",
     )
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="the card's file (default: stdout); with --compare, see compare"
+    tracking_uri: str | None = argument(None, "default: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db")
+    out: Path | None = argument(
+        None, "the card's file (default: stdout); with compare, see broadclass.tracking.compare"
     )
-    parser.add_argument("--over", action="append", help="with --compare: an override key to aggregate over too")
-    args = parser.parse_args(argv)
+    over: list[str] = argument([], "with compare: an override key to aggregate over too; repeat for more")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ReportArguments:
+    args = parse_arguments(ReportArguments, argv, "python -m broadclass.report", __doc__)
     if args.run is None and args.compare is None:
-        parser.error("give a run id or name, --compare EXPERIMENT_OR_SWEEP_DIR, or --compare RUN_A RUN_B")
+        what = "a run id or name, compare=EXPERIMENT_OR_SWEEP_DIR, or compare=RUN_A RUN_B"
+        print(f"python -m broadclass.report: error: give {what} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
     return args
 
 
@@ -48,8 +53,8 @@ def shared_evaluations(records: Sequence[RunRecord]) -> list[tuple[str, dict]]:
     raise RunLookupError(f"the runs have no evaluation in common to pair (none logged by: {names or 'none'})")
 
 
-def compare_two_runs(args: argparse.Namespace) -> str:
-    """The paired comparison of ``--compare A B`` as Markdown."""
+def compare_two_runs(args: ReportArguments) -> str:
+    """The paired comparison of ``compare=A B`` as Markdown."""
     client = open_store(args.tracking_uri or default_tracking_uri())
     records = [RunRecord.load(client, find_run(client, ref).info.run_id) for ref in (args.compare, args.run)]
     parts = []
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # finds its own default store (the mlflow.db above a sweep folder), so tracking_uri may be None.
         from broadclass.tracking import compare
 
-        return compare.main(args)
+        return compare.main(compare.CompareArguments(args.compare, args.tracking_uri, args.out, args.over))
     try:
         client = open_store(args.tracking_uri or default_tracking_uri())
         run = find_run(client, args.run)

@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = find_resume_point(cfg.paths.output_dir, cfg.resume)
     if "mlflow" in cfg.logger:
         # Imported only for a run that logs to MLflow: `logger=none` runs where MLflow is not installed.
-        from broadclass.tracking.offline import check_tracking_server
+        from broadclass.tracking.store import check_tracking_server
 
         check_tracking_server(cfg.logger.mlflow.tracking_uri)  # an unreachable server stops the run here, in seconds
         ensure_experiment(cfg.logger.mlflow)  # before the loggers open the store: parallel sweep jobs would race

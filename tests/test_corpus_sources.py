@@ -224,7 +224,7 @@ def test_a_dataset_without_speakers_needs_keep_splits_and_unplaceable_splits_are
     dataset.remove_columns("speaker").save_to_disk(str(tmp_path / "saved"))
     with pytest.raises(CorpusError, match=r"no column for phones, speaker(.|\n)*Columns found: audio, category, text"):
         prepare_sets(tmp_path / "saved", tmp_path / "sets")
-    with pytest.raises(CorpusError, match="--keep-splits needs a validation split; the splits are train"):
+    with pytest.raises(CorpusError, match="keep_splits=true needs a validation split; the splits are train"):
         prepare_sets(tmp_path / "saved", tmp_path / "sets", keep_splits=True, phonemize="en-us")
 
 

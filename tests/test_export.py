@@ -68,7 +68,8 @@ def test_export_writes_a_standard_huggingface_folder(exported, trained_run):
     assert [c["name"] for c in metadata["categories"]] == ["male", "female", "whisper", "creaky"]
     assert metadata["classes"]["vowel"] == "v"
     assert load_file(exported / "model.safetensors")  # weights in safetensors, nothing pickled
-    assert "## Validation at step 10" in (exported / "README.md").read_text()
+    card = (exported / "README.md").read_text()
+    assert "### Validation at step 10" in card and "| true \\ predicted | male | female | whisper | creaky |" in card
 
 
 def test_the_exported_tokenizer_keeps_multi_character_tokens_whole(exported):

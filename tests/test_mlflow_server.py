@@ -18,9 +18,9 @@ import pytest
 import pytorch_lightning as pl
 import requests
 
-from broadclass.tracking import offline
+from broadclass.tracking import spool as spool_upload
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.tracking.offline import TrackingServerUnreachable
+from broadclass.tracking.store import TrackingServerUnreachable, server_reachable
 from broadclass.train import train
 
 
@@ -60,7 +60,7 @@ class MlflowServer:
         log = (self.folder / "server.log").open("a")
         self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        while offline.server_reachable(self.uri, timeout=1) is not None:
+        while server_reachable(self.uri, timeout=1) is not None:
             assert self.process.poll() is None, (self.folder / "server.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.2)
@@ -72,7 +72,7 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        assert offline.server_reachable(self.uri, timeout=1) is not None
+        assert server_reachable(self.uri, timeout=1) is not None
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monk
     assert (spool / "journal.jsonl").is_file()  # down at the end: what is left stays on disk
 
     server.start()
-    assert offline.main([str(spool)]) == 0
+    assert spool_upload.main([str(spool)]) == 0
     assert not (spool / "journal.jsonl").exists()
     client, run = run_in(cfg, server.uri)
     assert run.info.status == "FINISHED"

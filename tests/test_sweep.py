@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -113,7 +112,7 @@ def test_every_job_of_a_parallel_sweep_is_one_mlflow_run_tagged_with_the_sweep(s
 
 def test_compare_aggregates_the_sets_into_mean_and_std(set_sweep, tmp_path, capsys):
     root, sweep = set_sweep
-    args = argparse.Namespace(compare=str(sweep), tracking_uri=None, out=tmp_path / "cmp")
+    args = compare.CompareArguments(compare=str(sweep), tracking_uri=None, out=tmp_path / "cmp")
     assert compare.main(args) == 0
     runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
     aggregate = pd.read_csv(tmp_path / "cmp" / "aggregate.csv")
@@ -137,7 +136,7 @@ def test_compare_by_experiment_name_or_sweep_id_finds_the_same_runs(set_sweep, t
 
 def test_compare_of_nothing_names_what_it_looked_for_and_the_experiments(set_sweep, tmp_path, capsys):
     root, _ = set_sweep
-    args = argparse.Namespace(compare="no-such-run", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out=tmp_path)
+    args = compare.CompareArguments(compare="no-such-run", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out=tmp_path)
     assert compare.main(args) == 2
     error = capsys.readouterr().err
     assert "no runs found for 'no-such-run'" in error and "experiments there: Default, seed-recipe" in error

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from broadclass.config import ConfigError, check_config
 from broadclass.data.check import DataCheckError
 from broadclass.model.encoder import PretrainedLoadError, build_network
-from broadclass.tracking.offline import BufferedMLFlowLogger
+from broadclass.tracking.logger import BufferedMLFlowLogger
 from broadclass.train import train
 from tests.conftest import CONF_DIR, compose_config
 

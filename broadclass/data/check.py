@@ -14,7 +14,6 @@ when any row has a problem); see :func:`main`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from broadclass.config import argument, extra_overrides, parse_arguments
 from broadclass.data.audio import AudioCache, AudioError, read_header
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import ManifestError, listed, read_manifest
@@ -279,19 +279,23 @@ def _config_manifests(cfg) -> dict[str, str]:
     return {split: str(path) for split, path in manifests.items() if path}
 
 
+@dataclass
+class CheckArguments:
+    manifests: list[str] = argument([], "manifest paths; a manifest's split is its file stem", positional=True)
+    overrides: list[str] = extra_overrides("Hydra overrides of the training config (data.max_duration=null …)")
+    json: Path | None = argument(None, "also write the report as JSON")
+    labels: str | None = argument(None, "label config: a name in conf/labels/ or a YAML file (default: the config's)")
+    debug: bool = argument(False, "show the traceback of a manifest error")
+
+
 def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
-    parser = argparse.ArgumentParser(
-        description="Check manifests as training would, and report every problem row by kind.",
-        epilog="Without MANIFESTs, the config's own manifests are checked (running its prepare step if they "
-        "are unset). A MANIFEST's split is its file stem (train, validation, test).",
+    about = (
+        "Check manifests as training would, and report every problem row by kind. Without manifests, the "
+        "config's own are checked (running its prepare step if they are unset)."
     )
-    parser.add_argument("items", nargs="*", help="MANIFEST paths and Hydra OVERRIDEs (key=value, +experiment=…)")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON")
-    parser.add_argument("--labels", help="label config: a name in conf/labels/ or a YAML file (default: the config's)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a manifest error")
-    args = parser.parse_intermixed_args(argv)
-    overrides = [item for item in args.items if "=" in item]
-    manifests = {Path(item).stem: item for item in args.items if "=" not in item}
+    args = parse_arguments(CheckArguments, argv, "python -m broadclass.data.check", about)
+    overrides = list(args.overrides)
+    manifests = {Path(item).stem: item for item in args.manifests}
     from_file = args.labels is not None and args.labels.endswith((".yaml", ".yml"))
     if args.labels is not None and not from_file:
         overrides.append(f"labels={args.labels}")

@@ -23,7 +23,6 @@ process, e.g. Lightning's ``prepare_data``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from broadclass.config import argument, parse_arguments
 from broadclass.data.espeak import ESpeak
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 
@@ -293,16 +293,20 @@ def _format_table(counts: dict[str, Counter], names: Sequence[str]) -> str:
     )
 
 
+@dataclass
+class DemoArguments:
+    root: Path = argument(Path("data/demo"), "folder for <categories>/ corpora")
+    categories: str = argument("voice", "what the categories are", choices=sorted(CATEGORY_SETS))
+    n_train: int = argument(3200, "training utterances")
+    n_val: int = argument(100, "validation utterances")
+    seed: int = argument(0, "seed of the words, voices and variants")
+    min_words: int = argument(3, "fewest words in an utterance")
+    max_words: int = argument(6, "most words in an utterance")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build the eSpeak demo corpus (reused if already built).")
-    parser.add_argument("--root", type=Path, default=Path("data/demo"), help="folder for <categories>/ corpora")
-    parser.add_argument("--categories", choices=sorted(CATEGORY_SETS), default="voice")
-    parser.add_argument("--n-train", type=int, default=3200)
-    parser.add_argument("--n-val", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-words", type=int, default=3)
-    parser.add_argument("--max-words", type=int, default=6)
-    args = parser.parse_args(argv)
+    about = "Build the eSpeak demo corpus (reused if already built)."
+    args = parse_arguments(DemoArguments, argv, "python -m broadclass.data.demo", about)
     manifests = build_demo_corpus(
         args.root, args.categories, args.n_train, args.n_val, args.seed, args.min_words, args.max_words
     )

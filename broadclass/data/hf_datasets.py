@@ -97,7 +97,7 @@ def kept_split_names(splits: Sequence[str], where: str) -> dict[str, str]:
             ours[split] = name
     for needed in ("train", "validation"):
         if needed not in ours.values():
-            problems.append(f"{where}: --keep-splits needs a {needed} split; the splits are {', '.join(splits)}")
+            problems.append(f"{where}: keep_splits=true needs a {needed} split; the splits are {', '.join(splits)}")
     raise_listed(problems, "problem(s) with the splits")
     return ours
 

@@ -65,20 +65,20 @@ def read_source(
     columns = dict(columns or {})
     if is_datasets_source(source):
         if category_level is not None:
-            raise CorpusError("--category-level applies to a TIMIT-style folder, not to a dataset")
+            raise CorpusError("category_level= applies to a TIMIT-style folder, not to a dataset")
         required = ["audio", "text" if text_for_phones else "phones"]
         required += [] if category_map is not None else ["category"]
         required += [] if keep_splits else ["speaker"]
         dataset = DatasetSource(source, columns, required, keep_splits, category_map)
         return *dataset.rows(), dataset
     if keep_splits:
-        raise CorpusError("--keep-splits applies to a HuggingFace dataset (its splits), not to this source")
+        raise CorpusError("keep_splits=true applies to a HuggingFace dataset (its splits), not to this source")
     if Path(source).is_dir():
         if columns or text_for_phones:
-            raise CorpusError("--columns and --phonemize apply to tables and datasets, not to a TIMIT-style folder")
+            raise CorpusError("columns= and phonemize= apply to tables and datasets, not to a TIMIT-style folder")
         return read_timit_source(source, category_map, category_level), [], None
     if category_level is not None:
-        raise CorpusError("--category-level applies to a TIMIT-style folder, not to a manifest")
+        raise CorpusError("category_level= applies to a TIMIT-style folder, not to a manifest")
     return *read_table_source(source, columns, category_map, text_for_phones), None
 
 
@@ -134,7 +134,7 @@ def assign_folds(rows: Sequence[dict], n_sets: int, seed: int = 0, test_share: f
     if n_sets < 2:
         raise CorpusError(f"need at least 2 sets (folds of speakers), got {n_sets}")
     if not 0.0 <= test_share < 1.0:
-        raise CorpusError(f"--test-share must be in [0, 1), got {test_share}")
+        raise CorpusError(f"test_share must be in [0, 1), got {test_share}")
     utterances: dict[str, Counter] = {}
     for row in rows:
         utterances.setdefault(row["speaker"], Counter())[row["category"]] += 1
@@ -271,9 +271,9 @@ def prepare_sets(
     with the dataset's own train/validation/test splits instead of speaker folds."""
     out = Path(out)
     if keep_splits and n_sets not in (None, 1):
-        raise CorpusError(f"--keep-splits makes one set from the dataset's splits, not {n_sets}: drop --sets")
+        raise CorpusError(f"keep_splits=true makes one set from the dataset's splits, not {n_sets}: drop sets=")
     if keep_splits and test_share:
-        raise CorpusError("--keep-splits keeps the dataset's own test split: drop --test-share")
+        raise CorpusError("keep_splits=true keeps the dataset's own test split: drop test_share=")
     n_sets = 1 if keep_splits else n_sets or DEFAULT_SETS
     old_sets = check_out_folder(out)
     mapping = load_category_map(category_map) if category_map else None
@@ -328,6 +328,6 @@ def locate_set(set_dir: str | Path, set_name: str) -> dict[str, Path]:
         raise FileNotFoundError(
             f"set {set_name!r} has no {' or '.join(missing)} in {folder} "
             f"(sets found there: {', '.join(found) or 'none'}). Make the sets with "
-            f"`python -m broadclass.prepare <corpus> --out {set_dir}`, or point paths.sets_dir at them."
+            f"`python -m broadclass.prepare <corpus> out={set_dir}`, or point paths.sets_dir at them."
         )
     return manifests

@@ -65,9 +65,9 @@ def read_timit_source(
     """Rows of a TIMIT-style folder (see the module docstring), sorted by path; ``_source`` is the .phn file."""
     root = Path(root)
     if (category_map is None) == (category_level is None):
-        raise CorpusError("a TIMIT-style folder needs exactly one of --category-map or --category-level")
+        raise CorpusError("a TIMIT-style folder needs exactly one of category_map= or category_level=")
     if category_level is not None and category_level < 1:
-        raise CorpusError(f"--category-level counts folders up from the audio file, from 1; got {category_level}")
+        raise CorpusError(f"category_level= counts folders up from the audio file, from 1; got {category_level}")
     phn_files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".phn" and p.is_file())
     if not phn_files:
         raise CorpusError(f"no .phn files under {root}")

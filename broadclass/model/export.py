@@ -26,7 +26,7 @@ from typing import Any
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
 
 from broadclass.data.labels import BLANK, LabelMap
-from broadclass.metrics import report_markdown
+from broadclass.model.card import checkpoint_card
 from broadclass.model.checkpoint import METADATA_FILE, TrainedModel
 
 SAMPLE_RATE = 16_000
@@ -62,48 +62,6 @@ def export_metadata(trained: TrainedModel) -> dict[str, Any]:
     return metadata
 
 
-def checkpoint_card(metadata: dict[str, Any], folder_name: str) -> str:
-    """A short model card from what a checkpoint records (a run's card comes from broadclass.tracking.model_card)."""
-    categories = ", ".join(f"{c['name']} (`{c['tag']}`)" for c in metadata["categories"])
-    classes = ", ".join(f"{name} (`{tag}`)" for name, tag in metadata["classes"].items())
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: automatic-speech-recognition",
-        "tags: [wav2vec2, ctc, broadclass]",
-        "---",
-        f"# {folder_name}",
-        "",
-        f"A wav2vec2 CTC model that transcribes speech into broad phonetic classes ({classes}), every token "
-        f"tagged with the utterance's category ({categories}): `v_{metadata['categories'][0]['tag']}` is a "
-        f"vowel in a {metadata['categories'][0]['name']} utterance, `|` a word boundary. Exported by broadclass "
-        f"from `{metadata['source']}`.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f'asr = pipeline("automatic-speech-recognition", model="{folder_name}")',
-        'asr({"raw": waveform_16khz_mono, "sampling_rate": 16000})["text"]  # "v_m p_m | n_m ..."',
-        "```",
-        "",
-        f"`python -m broadclass.predict model={folder_name} input=<file, folder or manifest>` adds the "
-        f"utterance category under each decision rule ({', '.join(metadata['rules'])}) with its confidence, and "
-        "scores a manifest with references.",
-    ]
-    report = metadata.get("report")
-    if report:
-        names = report["categories"]
-        lines += [
-            "",
-            f"## Validation at step {report['step']} (decision rule: {report['rule']})",
-            "",
-            report_markdown(report["report"], names),
-            f"WER {report['errors']['wer']:.4f}, broad-class TER {report['errors']['ter']:.4f}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = False, card: str | None = None) -> Path:
     """Write the folder; refuses a non-empty ``out_dir`` unless ``overwrite``.
 
@@ -111,7 +69,7 @@ def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = F
     came from, else a short card from the checkpoint's metadata."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace its files)")
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=true to replace its files)")
     out.mkdir(parents=True, exist_ok=True)
     labels = trained.labels
     network = trained.module.net

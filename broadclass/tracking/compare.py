@@ -1,12 +1,12 @@
 """Compare runs side by side, and aggregate them over sets (mean ± std): the number a paper reports.
 
-``python -m broadclass.report --compare TARGET`` (or ``python -m broadclass.tracking.compare TARGET``).
+``python -m broadclass.report compare=TARGET`` (or ``python -m broadclass.tracking.compare TARGET``).
 TARGET is a sweep folder (``outputs/<experiment>/multiruns/<time>``: the runs tagged ``sweep/dir`` with
 it), an MLflow experiment name (all its runs), or a sweep id (the runs tagged ``sweep/id``, the sweep
-folder's name). The tracking store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the
+folder's name). The tracking store is ``tracking_uri=``, else ``MLFLOW_TRACKING_URI``, else the
 ``mlflow.db`` nearest above a sweep folder, else ``<project>/mlflow.db``.
 
-Two tables, printed as Markdown and written to ``--out`` (default: the sweep folder, or
+Two tables, printed as Markdown and written to ``out=`` (default: the sweep folder, or
 ``outputs/comparison/<target>``) as ``comparison.md``, ``runs.csv`` and ``aggregate.csv``:
 
 * runs: one row per run with the overrides that differ between runs as columns (those shared by all
@@ -14,25 +14,25 @@ Two tables, printed as Markdown and written to ``--out`` (default: the sweep fol
   accuracy, WER and TER at that best step (the checkpoint ``test_after_fit`` evaluates) and at the end;
   and the ``test/`` metrics of the best checkpoint where they were logged.
 * aggregate: finished runs grouped by their overrides apart from the set (``+experiment=onSet<k>``,
-  ``data.prepare.set_name``) and any ``--over`` keys (e.g. ``seed``); mean ± sample std of each best and
+  ``data.prepare.set_name``) and any ``over=`` keys (e.g. ``over=seed``); mean ± sample std of each best and
   test metric over the group (``n`` runs, which sets).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from broadclass.config import project_root
+from broadclass.config import argument, parse_arguments, project_root
 from broadclass.metrics.markdown import markdown_table
 from broadclass.tracking.store import default_tracking_uri
 
@@ -271,19 +271,26 @@ def output_paths(out: Path) -> dict[str, Path]:
     return {"markdown": out / "comparison.md", "runs": out / "runs.csv", "aggregate": out / "aggregate.csv"}
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass
+class CompareArguments:
+    compare: str = argument(help="a sweep folder, an MLflow experiment name or a sweep id", positional=True)
+    tracking_uri: str | None = argument(None, "default: $MLFLOW_TRACKING_URI, or the mlflow.db above the sweep")
+    out: Path | None = argument(None, "a folder, or a .md file (CSVs beside it); default: the sweep folder")
+    over: list[str] = argument([], "an override key to aggregate over too (e.g. seed); repeat for more")
+
+
+def main(args: CompareArguments) -> int:
     """Print the comparison of ``args.compare`` and write it (Markdown and CSV) to ``args.out``.
 
     ``args.out``: a folder, or a ``.md`` file with the CSVs beside it; default :func:`default_out`.
     Returns the exit status: 0, or 2 when there is nothing to compare.
     """
-    over = list(getattr(args, "over", None) or [])
     try:
-        result = compare(args.compare, getattr(args, "tracking_uri", None), over)
+        result = compare(args.compare, args.tracking_uri, args.over)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    paths = output_paths(Path(getattr(args, "out", None) or default_out(args.compare)))
+    paths = output_paths(Path(args.out or default_out(args.compare)))
     paths["markdown"].parent.mkdir(parents=True, exist_ok=True)
     paths["markdown"].write_text(result["markdown"], encoding="utf-8")
     result["runs"].to_csv(paths["runs"], index=False)
@@ -293,13 +300,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("compare", metavar="TARGET", help="a sweep folder, an MLflow experiment name or a sweep id")
-    parser.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, or the mlflow.db above the sweep")
-    parser.add_argument("--out", type=Path, help="a folder, or a .md file (CSVs beside it); default: the sweep folder")
-    parser.add_argument("--over", action="append", help="an override key to aggregate over too (e.g. seed)")
-    return parser.parse_args(argv)
+def parse_args(argv: Sequence[str] | None = None) -> CompareArguments:
+    return parse_arguments(CompareArguments, argv, "python -m broadclass.tracking.compare", __doc__.split("\n", 1)[0])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """A Markdown model card for one MLflow run, in the layout the HF Trainer writes into its README.md.
 
+Built from the card pieces every card shares (:mod:`broadclass.model.card`: front matter, what the model
+transcribes, each evaluation's report and confusion matrix), with what only the run has added here.
+
 Everything comes from what the run logged: the resolved config (``config/config.yaml``), the metric
 histories (one "Training results" row per validation) and the per-evaluation ``report.json`` artifacts
 (category names, the full report and confusion matrix of the best validation and of the test). The
@@ -25,8 +28,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from broadclass.metrics import category_keys, report_markdown
+from broadclass.metrics import category_keys
 from broadclass.metrics.markdown import markdown_table
+from broadclass.model.card import evaluation_section, front_matter, number, transcription_sentence
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
@@ -126,17 +130,6 @@ class RunRecord:
 
 
 # ---- Markdown pieces --------------------------------------------------------------------------------
-def _number(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def confusion_markdown(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
-    """Rows are true categories, columns predicted ones."""
-    header = ["true \\ predicted", *names]
-    rows = [[f"**{name}**", *(int(n) for n in row)] for name, row in zip(names, matrix, strict=True)]
-    return markdown_table(header, rows, align="--:")
-
-
 def results_table(record: RunRecord, names: Sequence[str], rules: Sequence[str]) -> str:
     """One row per validation, as the HF Trainer's "Training results" table, plus the full report."""
     header = ["Training Loss", "Epoch", "Step", "Validation Loss"]
@@ -158,48 +151,14 @@ def results_table(record: RunRecord, names: Sequence[str], rules: Sequence[str])
         train_loss = value_at(h.get("train/loss", []), step, exact=False)
         epoch = value_at(h.get("epoch", []), step, exact=False)
         row: list[object] = [
-            "No log" if train_loss is None else _number(train_loss),
+            "No log" if train_loss is None else number(train_loss),
             "—" if epoch is None else int(epoch),
             step,
-            _number(value_at(h.get("val/loss", []), step)),
+            number(value_at(h.get("val/loss", []), step)),
         ]
-        row += [_number(value_at(h.get(key, []), step), digits) for key, digits in keys]
+        row += [number(value_at(h.get(key, []), step), digits) for key, digits in keys]
         rows.append(row)
     return markdown_table(header, rows)
-
-
-def evaluation_section(title: str, folder: str, report: Mapping[str, Any]) -> str:
-    names = report["categories"]
-    errors = report.get("errors", {})
-    loss = report.get("metrics", {}).get(f"{report['stage']}/loss")
-    lines = [
-        f"### {title}",
-        "",
-        f"Decision rule `{report['rule']}`; artifacts `{folder}/` "
-        "(report.json, confusion.json, confusion.png, predictions.jsonl).",
-        "",
-        f"- Loss: {_number(loss)}",
-        f"- Accuracy: {_number(report['report']['accuracy'])}",
-        f"- Wer: {_number(errors.get('wer'))}",
-        f"- Ter: {_number(errors.get('ter'))}",
-        "",
-        report_markdown(report["report"], names, digits=4),
-        "Confusion matrix (rows: true category, columns: predicted):",
-        "",
-        confusion_markdown(report["confusion"], names),
-    ]
-    return "\n".join(lines)
-
-
-def _front_matter(record: RunRecord) -> str:
-    model = record.config.get("model", {})
-    meta: dict[str, Any] = {"library_name": "transformers"}
-    if model.get("pretrained"):
-        meta["base_model"] = model["pretrained"]
-    meta["tags"] = ["automatic-speech-recognition", "wav2vec2", "broad-phonetic-classes", "broadclass"]
-    meta["metrics"] = ["accuracy", "f1", "wer"]
-    meta["model-index"] = [{"name": record.name, "results": []}]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def _description(record: RunRecord) -> str:
@@ -215,14 +174,12 @@ def _description(record: RunRecord) -> str:
             f"a {net.get('model_type', 'wav2vec2')} CTC model trained from scratch (hidden size "
             f"{net.get('hidden_size', '?')}, {net.get('num_hidden_layers', '?')} layers)"
         )
-    class_list = ", ".join(f"{name} (`{spec.get('tag')}`)" for name, spec in classes.items())
-    category_list = ", ".join(f"{c['name']} (`{c['tag']}`)" for c in categories)
     lines = [
         "## Model description",
         "",
-        f"This model is {origin}. It transcribes speech into broad phonetic classes ({class_list}); every "
-        f"token also carries the utterance's category tag ({category_list}), written `<class>_<tag>`, with "
-        "`|` between words. The utterance's category is decided from the CTC output by the decision rule "
+        f"This model is {origin}. "
+        + transcription_sentence({name: spec.get("tag") for name, spec in classes.items()}, categories)
+        + f" The utterance's category is decided from the CTC output by the decision rule "
         f"`{model.get('decision_rule', '?')}`.",
         "",
         "## Training and evaluation data",
@@ -355,8 +312,13 @@ def build_card(client: MlflowClient, run_id: str) -> str:
         stage, metrics = final["stage"], final.get("metrics", {})
         evaluated = "test" if stage == "test" else "best validation"
         intro += f" It achieves the following results on the {evaluated} evaluation:\n"
-        intro += "\n".join(f"- {label}: {_number(metrics.get(f'{stage}/{key}'))}" for label, key in SUMMARY)
-    parts = [_front_matter(record), f"# {record.name}\n", intro + "\n", _description(record)]
+        intro += "\n".join(f"- {label}: {number(metrics.get(f'{stage}/{key}'))}" for label, key in SUMMARY)
+    parts = [
+        front_matter(record.name, record.config.get("model", {}).get("pretrained")),
+        f"# {record.name}\n",
+        intro + "\n",
+        _description(record),
+    ]
     parts += ["## Training procedure\n", _hyperparameters(record), "### Training results\n"]
     if evaluations and record.validation_steps():
         _, _, report = evaluations[0]
@@ -371,7 +333,7 @@ def build_card(client: MlflowClient, run_id: str) -> str:
     if evaluations:
         parts.append("## Evaluation\n")
         for title, folder, report in evaluations:
-            parts += [evaluation_section(title, folder, report), error_analysis_section(record, folder, report)]
+            parts += [evaluation_section(title, report, folder), error_analysis_section(record, folder, report)]
     parts.append(_versions(record))
     return "\n".join(parts)
 

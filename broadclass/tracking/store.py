@@ -1,8 +1,11 @@
-"""The MLflow store: the default tracking URI, opening the store, finding a run.
+"""The MLflow store: the default tracking URI, probing a tracking server, opening the store, finding a run.
 
-One home for what the entry points (train, predict, export, report, report --compare) and the tracking
+One home for what the entry points (train, predict, export, report, report compare=) and the tracking
 modules need to reach the store the project logs to. Light to import: MLflow is imported when a store is
-opened.
+opened, requests when a server is probed.
+
+:func:`check_tracking_server` probes a server URI (``http://…``) once, without retries; ``train`` calls it
+before anything else, so an unreachable server stops a run in seconds.
 """
 
 from __future__ import annotations
@@ -39,8 +42,43 @@ def open_store(uri: str) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         if not path.is_file():
-            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass --tracking-uri")
+            raise RunLookupError(f"no MLflow store at {path} (tracking URI {uri}); pass tracking_uri=<uri>")
     return MlflowClient(uri)
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+class TrackingServerUnreachable(RuntimeError):
+    pass
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def server_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``uri``'s ``/health`` answers, otherwise why not (one try, no retries)."""
+    import requests
+
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return f"{type(err).__name__}: {err}"
+    return None if response.ok else f"HTTP {response.status_code} from {uri}/health"
+
+
+def check_tracking_server(uri: str) -> None:
+    """Raise a clear error within seconds when ``uri`` is a tracking server that does not answer."""
+    if not is_server(uri):
+        return
+    why = server_reachable(uri)
+    if why is not None:
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server {uri} is not reachable ({why}).\n"
+            "Start it (mlflow server …), or log to a local store instead: unset MLFLOW_TRACKING_URI "
+            "(the default is sqlite:///<project>/mlflow.db)."
+        )
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
