@@ -28,10 +28,12 @@ FP16 = [
 
 class StepRecorder(pl.Callback):
     """Per training batch: weights, loss scale and learning rate before it, and the gradient norm (true units)
-    before clipping and at the optimizer's step. With ``overflow_at``, one gradient of that batch is set to inf
-    after backward, as an fp16 overflow would."""
+    before clipping and as the optimizer stepped with it (read in a post-hook: without a scaler, Lightning runs the
+    closure inside ``step()``). With ``overflow_at``, one gradient of that batch is set to inf after backward,
+    as an fp16 overflow would."""
 
     steps: ClassVar[dict[int, dict]] = {}
+    fused: ClassVar[bool | None] = None
 
     def __init__(self, overflow_at: int | None = None):
         self.overflow_at = overflow_at
@@ -45,7 +47,8 @@ class StepRecorder(pl.Callback):
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
         }
         if batch_idx == 0:
-            trainer.optimizers[0].register_step_pre_hook(self._at_optimizer_step)
+            trainer.optimizers[0].register_step_post_hook(self._at_optimizer_step)
+            StepRecorder.fused = trainer.optimizers[0].defaults["fused"]
         self._batch = batch_idx
 
     def on_after_backward(self, trainer, pl_module) -> None:
@@ -125,10 +128,16 @@ def test_a_nan_loss_under_fp16_is_a_skipped_step_not_an_overflow(train_config):
     assert run.info.status == "FINISHED"
 
 
-def test_gradients_are_clipped_in_true_units_after_unscaling(train_config):
+@pytest.mark.parametrize("precision", ["fp16", "bf16-mixed"])
+def test_gradients_are_clipped_in_true_units_after_unscaling(train_config, precision):
+    # fp16: through the loss scaler and a plain AdamW; bf16: no scaler, clipped by the module before a fused AdamW.
+    extra = ["trainer.plugins=null", "trainer.precision=bf16-mixed"] if precision == "bf16-mixed" else []
     train(
-        recorded(train_config, "trainer.gradient_clip_val=1.0", "trainer.max_steps=5", "val_every_n_optimizer_steps=5")
+        recorded(
+            train_config, "trainer.gradient_clip_val=1.0", "trainer.max_steps=5", "val_every_n_optimizer_steps=5", *extra
+        )
     )
+    assert StepRecorder.fused == (precision == "bf16-mixed")
     taken = [s for s in StepRecorder.steps.values() if "norm_at_step" in s]  # overflow steps never reach step()
     assert taken
     clipped = [s for s in taken if s["norm_before_clipping"] > 1.0]
@@ -139,7 +148,7 @@ def test_gradients_are_clipped_in_true_units_after_unscaling(train_config):
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "fp16"])
-def test_the_optimizer_is_fused_only_without_a_scaler_and_without_clipping(train_config, precision):
+def test_the_optimizer_is_fused_only_without_a_loss_scaler(train_config, precision):
     from hydra.utils import instantiate
 
     overrides = ["trainer=cpu_fp16"] if precision == "fp16" else ["trainer.precision=bf16-mixed"]
@@ -152,4 +161,4 @@ def test_the_optimizer_is_fused_only_without_a_scaler_and_without_clipping(train
         trainer.strategy.connect(model)
         model.trainer = trainer
         fused[clip] = model.configure_optimizers()["optimizer"].defaults["fused"]
-    assert fused == {None: precision == "bf16-mixed", 1.0: False}
+    assert fused == {None: precision == "bf16-mixed", 1.0: precision == "bf16-mixed"}

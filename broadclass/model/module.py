@@ -281,14 +281,24 @@ class BroadClassModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _fused_optimizer_is_valid(self, params: list[nn.Parameter]) -> bool:
-        """One fused AdamW kernel (4x cheaper on CPU, the HF Trainer's default) only where Lightning allows it.
+        """One fused AdamW kernel (4x cheaper on CPU, the HF Trainer's default) wherever no loss scaler runs.
 
         A fused optimizer unscales fp16 gradients inside its own ``step``: Lightning then skips unscaling
-        before ``on_before_optimizer_step``, so the non-finite guard would see scaled gradients, and it
-        refuses gradient clipping (which must act on unscaled gradients) with any fused optimizer."""
-        scaler = loss_scaler(self.trainer)
-        clipping = bool(self.trainer.gradient_clip_val)
-        return scaler is None and not clipping and all(p.device.type in ("cpu", "cuda") for p in params)
+        before ``on_before_optimizer_step``, so the non-finite guard and gradient clipping would see scaled
+        gradients. Without a scaler (fp32, bf16) nothing is scaled, and :meth:`configure_gradient_clipping`
+        clips before the fused step."""
+        return loss_scaler(self.trainer) is None and all(p.device.type in ("cpu", "cuda") for p in params)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, as if its gradients were
+        # still scaled; without a loss scaler they are not, so the norm is clipped here (the HF Trainer's way).
+        if gradient_clip_val and loss_scaler(self.trainer) is None and gradient_clip_algorithm in (None, "norm"):
+            grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _remember_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         # Called only when AdamW.step ran: the fp16 loss scaler skips the call on overflow. The non-finite
