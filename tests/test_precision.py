@@ -134,7 +134,11 @@ def test_gradients_are_clipped_in_true_units_after_unscaling(train_config, preci
     extra = ["trainer.plugins=null", "trainer.precision=bf16-mixed"] if precision == "bf16-mixed" else []
     train(
         recorded(
-            train_config, "trainer.gradient_clip_val=1.0", "trainer.max_steps=5", "val_every_n_optimizer_steps=5", *extra
+            train_config,
+            "trainer.gradient_clip_val=1.0",
+            "trainer.max_steps=5",
+            "val_every_n_optimizer_steps=5",
+            *extra,
         )
     )
     assert StepRecorder.fused == (precision == "bf16-mixed")
