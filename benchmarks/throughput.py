@@ -87,7 +87,7 @@ def prepare_data(overrides: Sequence[str]) -> list[str]:
     return [
         f"data.train_manifest={manifests['train']}",
         f"data.val_manifest={manifests['validation']}",
-        "data.prepare=null",
+        "data.manifests_from=null",
     ]
 
 

@@ -76,7 +76,7 @@ class ModelSchema:
     eps: float = MISSING
     weight_decay: float = MISSING
     warmup_steps: int = MISSING
-    decision_rule: str = MISSING
+    primary_rule: str = MISSING
     category_head_weight: float = MISSING
     ctc_loss_reduction: str = MISSING
     gradient_checkpointing: bool = MISSING
@@ -91,7 +91,7 @@ class DataSchema:
     train_manifest: Any = MISSING
     val_manifest: Any = MISSING
     test_manifest: Any = MISSING
-    prepare: Any = MISSING
+    manifests_from: Any = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     num_workers: int = MISSING

@@ -81,7 +81,7 @@ def demo_overrides(corpus: dict[str, Path]) -> list[str]:
         "+experiment=demo",
         f"data.train_manifest={corpus['train']}",
         f"data.val_manifest={corpus['validation']}",
-        "data.prepare=null",
+        "data.manifests_from=null",
         "trainer.enable_progress_bar=false",
         *TEST_MODEL,
     ]

@@ -43,7 +43,7 @@ def ddp_command(root: Path, corpus: dict[str, Path], *overrides: str) -> list[st
         f"paths.root_dir={root}",
         f"data.train_manifest={corpus['train']}",
         f"data.val_manifest={corpus['validation']}",
-        "data.prepare=null",
+        "data.manifests_from=null",
         "trainer.enable_progress_bar=false",
         *overrides,
     ]

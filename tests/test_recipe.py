@@ -34,10 +34,10 @@ def test_onset1_has_every_setting_of_the_published_run(tmp_path):
     assert (trainer.accelerator, trainer.precision) == ("gpu", "16-mixed")
     # Every 100 optimizer steps = every 200 training batches at accumulation 2.
     assert cfg.val_every_n_optimizer_steps == 100 and trainer.val_check_interval == 200
-    assert data.prepare.set_name == "set1" and cfg.run_name == "model_broadclass_onSet1"
-    assert model.decision_rule == "vote"
+    assert data.manifests_from.set_name == "set1" and cfg.run_name == "model_broadclass_onSet1"
+    assert model.primary_rule == "vote"
     # The sets are read from the project's data/sets; the categories (4 in the published run) are required.
-    assert data.prepare.set_dir == str(tmp_path / "data" / "sets")
+    assert data.manifests_from.set_dir == str(tmp_path / "data" / "sets")
     assert {k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra.")} == {"data.categories"}
 
 
@@ -45,9 +45,9 @@ def test_onset1_has_every_setting_of_the_published_run(tmp_path):
 def test_onset_k_differs_from_onset1_only_in_its_set(tmp_path, k):
     first = plain(compose_config(tmp_path, ["+experiment=onSet1"]))
     other = plain(compose_config(tmp_path, [f"+experiment=onSet{k}"]))
-    assert other["data"]["prepare"].pop("set_name") == f"set{k}"
+    assert other["data"]["manifests_from"].pop("set_name") == f"set{k}"
     assert other.pop("run_name") == f"model_broadclass_onSet{k}"
-    first["data"]["prepare"].pop("set_name")
+    first["data"]["manifests_from"].pop("set_name")
     first.pop("run_name")
     assert other == first
 
@@ -70,8 +70,8 @@ def test_set_manifests_come_from_the_set_folder_named_by_the_experiment(tmp_path
     for split in ("train", "validation"):
         (folder / f"{split}.jsonl").touch()
     cfg = compose_config(tmp_path, ["+experiment=onSet3", f"paths.sets_dir={tmp_path / 'sets'}"])
-    # data.prepare is what the datamodule calls in prepare_data for the manifest paths.
-    assert instantiate(cfg.data.prepare)() == {s: folder / f"{s}.jsonl" for s in ("train", "validation")}
+    # data.manifests_from is what the datamodule calls in prepare_data for the manifest paths.
+    assert instantiate(cfg.data.manifests_from)() == {s: folder / f"{s}.jsonl" for s in ("train", "validation")}
 
 
 def test_onset1_clips_as_the_hf_trainer_does_and_checkpoints_gradients(tmp_path):
@@ -81,10 +81,10 @@ def test_onset1_clips_as_the_hf_trainer_does_and_checkpoints_gradients(tmp_path)
 
 
 def test_onset1_with_another_model_takes_that_models_weights(tmp_path):
-    # The recipe states no model values of its own but the decision rule: model=tiny is the tiny model.
+    # The recipe states no model values of its own but the primary rule: model=tiny is the tiny model.
     cfg = compose_config(tmp_path, ["+experiment=onSet1", "model=tiny"])
     assert cfg.model.pretrained is None and cfg.model.config.model_type == "wav2vec2-conformer"
-    assert cfg.model.decision_rule == "vote"
+    assert cfg.model.primary_rule == "vote"
 
 
 SMALL_XLSR = [

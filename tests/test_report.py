@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
@@ -90,7 +91,7 @@ def test_card_lists_the_hyperparameters_and_the_category_names(run, tmp_path):
         f"- lr_scheduler_warmup_steps: {cfg.model.warmup_steps}",
         "- training_steps: 10",
         f"- mixed_precision_training: {cfg.trainer.precision}",
-        "- decision_rule: posterior",
+        "- primary_rule: posterior",
         "- eval_steps: 5 optimizer steps",
     ):
         assert line in card.splitlines(), line
@@ -100,6 +101,24 @@ def test_card_lists_the_hyperparameters_and_the_category_names(run, tmp_path):
     for name in CATEGORIES:
         assert f"\n| {name} | " in test and f"| **{name}** |" in test
     assert "It achieves the following results on the test evaluation" in card
+
+
+def test_card_of_a_run_logged_before_the_renames_reads_the_old_keys(run, tmp_path):
+    # model.primary_rule was model.decision_rule, data.manifests_from was data.prepare: older runs logged those.
+    _, client, run_id = run
+    config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(tmp_path))).read_text())
+    config["model"]["decision_rule"] = "vote"
+    assert config["model"].pop("primary_rule") == "posterior"
+    config["data"].pop("manifests_from")
+    config["data"]["prepare"] = {"_target_": "broadclass.data.sets.locate_set", "set_dir": "sets", "set_name": "set2"}
+    experiment = client.create_experiment("before-the-renames", artifact_location=(tmp_path / "artifacts").as_uri())
+    older = client.create_run(experiment, run_name="before-the-renames").info.run_id
+    client.log_text(older, yaml.safe_dump(config), "config/config.yaml")
+    client.set_terminated(older)
+    card = card_of(older, client.tracking_uri, tmp_path)
+    assert "- primary_rule: vote" in card.splitlines()
+    assert "by the primary decision rule `vote`." in card
+    assert "- Built by `broadclass.data.sets.locate_set` (set_dir=sets, set_name=set2)" in card.splitlines()
 
 
 def test_card_is_logged_to_the_run_when_training_ends(run, tmp_path):

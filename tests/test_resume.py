@@ -48,7 +48,7 @@ def command(root: Path, corpus: dict[str, Path]) -> list[str]:
         f"paths.root_dir={root}",
         f"data.train_manifest={corpus['train']}",
         f"data.val_manifest={corpus['validation']}",
-        "data.prepare=null",
+        "data.manifests_from=null",
         f"data.cache_dir={root.parent / 'audio-cache'}",
         "trainer.enable_progress_bar=false",
         *TEST_MODEL,

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from mlflow.entities import Param, Run, RunData, RunInfo
 
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.data.sets import prepare_sets
@@ -47,13 +48,13 @@ def multirun(root: Path, *overrides: str) -> Path:
 
 
 def demo_multirun(root: Path, corpus: dict[str, Path], *overrides: str) -> Path:
-    """A multirun of the demo experiment on the tests' small corpus (no prepare step)."""
+    """A multirun of the demo experiment on the tests' small corpus (manifests given, none made)."""
     return multirun(
         root,
         "+experiment=demo",
         f"data.train_manifest={corpus['train']}",
         f"data.val_manifest={corpus['validation']}",
-        "data.prepare=null",
+        "data.manifests_from=null",
         *overrides,
     )
 
@@ -105,7 +106,7 @@ def test_every_job_of_a_parallel_sweep_is_one_mlflow_run_tagged_with_the_sweep(s
     # Same sweep id for both jobs (the folder's timestamp), although the jobs' experiment name differs
     # from the one the sweep folder Hydra printed was named with.
     assert {r.data.tags["sweep/id"] for r in runs} == {sweep.name}
-    assert [r.data.params["data/prepare/set_name"] for r in runs] == ["set1", "set2"]
+    assert [r.data.params["data/manifests_from/set_name"] for r in runs] == ["set1", "set2"]
     assert ["+experiment=onSet1" in r.data.tags["hydra/overrides"] for r in runs] == [True, False]
     assert [r.info.run_name for r in runs] == ["model_broadclass_onSet1", "model_broadclass_onSet2"]
 
@@ -149,6 +150,16 @@ def test_overrides_with_spaces_in_values_are_parsed_whole():
         "data.categories": "[{name: a, tag: a}, {name: b, tag: b}]",
         "model.lr": "0.001",
     }
+
+
+def test_runs_logged_before_data_prepare_was_renamed_manifests_from_keep_their_set():
+    # Older runs logged the set under the old key; compare still reads it and groups the sets together.
+    info = RunInfo("run", "0", "user", "FINISHED", 0, 1, "active")
+    for param in ("data/manifests_from/set_name", "data/prepare/set_name"):
+        assert compare.set_of(Run(info, RunData(params=[Param(param, "set2")]))) == "set2"
+    old = compare.group_key({"+experiment": "onSet2", "data.prepare.set_name": "set2", "model.lr": "0.1"})
+    new = compare.group_key({"+experiment": "onSet1", "data.manifests_from.set_name": "set1", "model.lr": "0.1"})
+    assert old == new == "+experiment=onSet* model.lr=0.1"
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])

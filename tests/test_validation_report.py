@@ -54,7 +54,7 @@ def validation_steps(client: MlflowClient, run_id: str) -> list[int]:
 def test_every_validation_logs_the_full_report_equal_to_sklearn_and_jiwer(trained_run: TrainedRun, tmp_path):
     client = MlflowClient(trained_run.tracking_uri)
     run_id = trained_run.run_id
-    rule = trained_run.config.model.decision_rule
+    rule = trained_run.config.model.primary_rule
     steps = validation_steps(client, run_id)
     assert steps, "no validation was logged"
     for step in steps:
@@ -98,7 +98,7 @@ def test_every_validation_logs_the_full_report_equal_to_sklearn_and_jiwer(traine
 def test_every_validation_logs_the_confusion_matrix_as_json_and_png(trained_run: TrainedRun, tmp_path):
     client = MlflowClient(trained_run.tracking_uri)
     run_id = trained_run.run_id
-    rule = trained_run.config.model.decision_rule
+    rule = trained_run.config.model.primary_rule
     for step in validation_steps(client, run_id):
         folder = f"val/step_{step:06d}"
         assert {a.path for a in client.list_artifacts(run_id, folder)} >= {

@@ -47,7 +47,7 @@ def fit_steps(root, corpus, steps: int, *overrides: str):
         [
             "+experiment=demo",
             *corpus_overrides,
-            "data.prepare=null",
+            "data.manifests_from=null",
             "model=xlsr53_random",
             "data.batch_size=2",
             *overrides,

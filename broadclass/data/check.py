@@ -273,8 +273,8 @@ def _config_manifests(cfg) -> dict[str, str]:
 
     manifests = {"train": cfg.data.train_manifest, "validation": cfg.data.val_manifest}
     manifests["test"] = cfg.data.get("test_manifest")
-    if not manifests["train"] and cfg.data.prepare is not None:
-        built = instantiate(cfg.data.prepare)()
+    if not manifests["train"] and cfg.data.manifests_from is not None:
+        built = instantiate(cfg.data.manifests_from)()
         manifests = {split: manifests.get(split) or str(path) for split, path in built.items()}
     return {split: str(path) for split, path in manifests.items() if path}
 
@@ -291,7 +291,7 @@ class CheckArguments:
 def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
     about = (
         "Check manifests as training would, and report every problem row by kind. Without manifests, the "
-        "config's own are checked (running its prepare step if they are unset)."
+        "config's own are checked (made by data.manifests_from where they are unset)."
     )
     args = parse_arguments(CheckArguments, argv, "python -m broadclass.data.check", about)
     overrides = list(args.overrides)

@@ -200,8 +200,8 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
 class BroadClassDataModule(pl.LightningDataModule):
     """Train/validation/test manifests with a shared label map and audio cache.
 
-    ``prepare`` (optional) builds the corpus (the demo synthesiser, a user's prepare step); it runs
-    once, in ``prepare_data``, and returns a mapping of split name to manifest path.
+    ``manifests_from`` (optional) gives the manifests that are made, not given (the demo synthesiser, a set
+    folder); it runs once, in ``prepare_data``, and returns a mapping of split name to manifest path.
     """
 
     def __init__(
@@ -211,7 +211,7 @@ class BroadClassDataModule(pl.LightningDataModule):
         train_manifest: str | None = None,
         val_manifest: str | None = None,
         test_manifest: str | None = None,
-        prepare: Callable[[], Mapping[str, str | Path]] | None = None,
+        manifests_from: Callable[[], Mapping[str, str | Path]] | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -234,7 +234,7 @@ class BroadClassDataModule(pl.LightningDataModule):
             )
         self.label_map = LabelMap.from_config(labels, categories)
         self.manifests = {"train": train_manifest, "validation": val_manifest, "test": test_manifest}
-        self.prepare = prepare
+        self.manifests_from = manifests_from
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -250,14 +250,14 @@ class BroadClassDataModule(pl.LightningDataModule):
         self.datasets: dict[str, UtteranceDataset] = {}
 
     def prepare_data(self) -> None:
-        if self.prepare is not None:
-            built = self.prepare()
+        if self.manifests_from is not None:
+            built = self.manifests_from()
             for split, path in built.items():
                 if self.manifests.get(split) is None:
                     self.manifests[split] = str(path)
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.manifests.get("train") and self.prepare is not None:
+        if not self.manifests.get("train") and self.manifests_from is not None:
             # prepare_data runs on rank 0 only; other ranks (and direct setup() calls) still need paths.
             self.prepare_data()
         paths = {split: path for split, path in self.manifests.items() if path and split not in self.datasets}
@@ -266,7 +266,7 @@ class BroadClassDataModule(pl.LightningDataModule):
             for split, rows in self._checked(todo).items():
                 self.datasets[split] = UtteranceDataset(rows, self.label_map, self.audio)
         if stage in ("fit", None) and "train" not in self.datasets:
-            raise ValueError("data.train_manifest is not set and no prepare step produced one")
+            raise ValueError("data.train_manifest is not set and data.manifests_from gave none")
 
     def _checked(self, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
         """Every row checked before any training (broadclass.data.check). The report stays in ``check_report``

@@ -15,7 +15,7 @@ test split common to all sets (``test.jsonl`` in each set folder, so the sets' t
 Every problem of every row (columns, fields, audio, phones eSpeak cannot say, phones with no broad
 class) is collected and raised as one :class:`CorpusError` before anything is written; each file is
 then replaced atomically. The same arguments give byte-identical files; a rerun with fewer sets removes
-the extra set folders it made before. :func:`locate_set` is the data config's ``prepare`` step for one set
+the extra set folders it made before. :func:`locate_set` is the data config's ``manifests_from`` for one set
 (``conf/data/onset.yaml``).
 """
 

@@ -111,6 +111,14 @@ def check_vocabulary(expected: Sequence[str], found: Sequence[str] | None, sourc
     )
 
 
+def primary_rule_of(model: Mapping[str, Any]) -> str | None:
+    """The primary rule a checkpoint's hparams or a run's ``model`` config name, None if neither does.
+
+    Checkpoints and runs saved before ``model.decision_rule`` was renamed ``model.primary_rule`` carry the old name.
+    """
+    return model.get("primary_rule", model.get("decision_rule"))
+
+
 def labels_from_metadata(metadata: Mapping[str, Any], source: str) -> LabelMap:
     labels = LabelMap.from_config(metadata["labels"], metadata["categories"])
     check_vocabulary(labels.tokens, metadata.get("tokens"), source)
@@ -161,7 +169,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     module = _build_module(
         labels,
         config=metadata["network"],
-        decision_rule=hparams.get("decision_rule", "posterior"),
+        primary_rule=primary_rule_of(hparams) or "posterior",
         category_head_weight=hparams.get("category_head_weight", 0.0),
     )
     module.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -12,7 +12,7 @@ class EvaluationResult:
     stage: str  # "val" or "test"
     step: int  # the optimizer step it ran after
     epoch: int
-    rule: str  # the category decision rule the report and confusion matrix are for
+    rule: str  # the primary rule (model.primary_rule): the decision rule the report and confusion matrix are for
     categories: list[str]  # category names, by category id
     report: dict[str, Any]  # the classification report of ``rule`` (broadclass.metrics.classification)
     rule_reports: dict[str, dict[str, Any]]  # the classification report of every rule, by rule

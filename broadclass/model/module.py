@@ -41,16 +41,16 @@ class BroadClassModule(pl.LightningModule):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: int = 200,
-        decision_rule: str = "posterior",
+        primary_rule: str = "posterior",
         category_head_weight: float = 0.0,
         ctc_loss_reduction: str = "mean",
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        if decision_rule not in RULES:
-            raise ValueError(f"model.decision_rule must be one of {RULES}, got {decision_rule!r}")
-        if decision_rule == "head" and category_head_weight <= 0:
-            raise ValueError("model.decision_rule=head needs model.category_head_weight > 0")
+        if primary_rule not in RULES:
+            raise ValueError(f"model.primary_rule must be one of {RULES}, got {primary_rule!r}")
+        if primary_rule == "head" and category_head_weight <= 0:
+            raise ValueError("model.primary_rule=head needs model.category_head_weight > 0")
         # Not logged as run params: the run logs its whole config (tracking/mlflow_run.py), once.
         self.save_hyperparameters(ignore=["labels"], logger=False)
         self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names}, logger=False)
@@ -186,7 +186,7 @@ class BroadClassModule(pl.LightningModule):
 
     def evaluation_result(self, stage: str, step: int, epoch: int) -> EvaluationResult:
         """What the batches scored since the last call (:meth:`evaluate_batch`) add up to; the metrics restart."""
-        rule = self.hparams.decision_rule
+        rule = self.hparams.primary_rule
         rule_reports = {other: self.confusion[other].report() for other in self.rules}
         confusion = self.confusion[rule].compute()
         errors = {k: float(v) for k, v in self.errors.compute().items()}

@@ -14,7 +14,7 @@ Two tables, printed as Markdown and written to ``out=`` (default: the sweep fold
   accuracy, WER and TER at that best step (the checkpoint ``test_after_fit`` evaluates) and at the end;
   and the ``test/`` metrics of the best checkpoint where they were logged.
 * aggregate: finished runs grouped by their overrides apart from the set (``+experiment=onSet<k>``,
-  ``data.prepare.set_name``) and any ``over=`` keys (e.g. ``over=seed``); mean ± sample std of each best and
+  ``data.manifests_from.set_name``) and any ``over=`` keys (e.g. ``over=seed``); mean ± sample std of each best and
   test metric over the group (``n`` runs, which sets).
 """
 
@@ -38,7 +38,8 @@ from broadclass.tracking.store import default_tracking_uri
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")
 REPORTED = ("val/accuracy", "val/wer", "val/ter")
-SET_KEYS = ("data.prepare.set_name",)
+# The set's key; runs configured before data.prepare was renamed data.manifests_from have the old one.
+SET_KEYS = ("data.manifests_from.set_name", "data.prepare.set_name")
 SET_EXPERIMENT = re.compile(r"^(onSet)\d+$")
 # An override starts where a ``key=`` follows whitespace: values may hold spaces (``[{name: a, tag: a}]``).
 OVERRIDE_START = re.compile(r"\s+(?=[+~]{0,2}[A-Za-z_][\w.@/-]*=)")
@@ -106,7 +107,11 @@ def parse_overrides(text: str) -> dict[str, str]:
 
 
 def set_of(run: Run) -> str | None:
-    return run.data.params.get("data/prepare/set_name")
+    for key in SET_KEYS:
+        value = run.data.params.get(key.replace(".", "/"))  # MLflow params are the config keys with "/"
+        if value is not None:
+            return value
+    return None
 
 
 def group_key(overrides: Mapping[str, str], over: Iterable[str] = (), shared: Iterable[str] = ()) -> str:

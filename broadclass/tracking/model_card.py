@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from broadclass.metrics import category_keys
 from broadclass.metrics.markdown import markdown_table
 from broadclass.model.card import evaluation_section, front_matter, number, transcription_sentence
+from broadclass.model.checkpoint import primary_rule_of
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
@@ -179,8 +180,8 @@ def _description(record: RunRecord) -> str:
         "",
         f"This model is {origin}. "
         + transcription_sentence({name: spec.get("tag") for name, spec in classes.items()}, categories)
-        + f" The utterance's category is decided from the CTC output by the decision rule "
-        f"`{model.get('decision_rule', '?')}`.",
+        + f" The utterance's category is decided from the CTC output by the primary decision rule "
+        f"`{primary_rule_of(model) or '?'}`.",
         "",
         "## Training and evaluation data",
         "",
@@ -188,10 +189,11 @@ def _description(record: RunRecord) -> str:
     for split, key in (("Training", "train_manifest"), ("Validation", "val_manifest"), ("Test", "test_manifest")):
         if data.get(key):
             lines.append(f"- {split} manifest: `{data[key]}`")
-    prepare = data.get("prepare")
-    if isinstance(prepare, Mapping):
-        options = ", ".join(f"{k}={v}" for k, v in prepare.items() if not k.startswith("_") and k != "root")
-        lines.append(f"- Built by `{prepare.get('_target_')}` ({options})")
+    # Runs configured before data.prepare was renamed data.manifests_from logged the old name.
+    manifests_from = data.get("manifests_from", data.get("prepare"))
+    if isinstance(manifests_from, Mapping):
+        options = ", ".join(f"{k}={v}" for k, v in manifests_from.items() if not k.startswith("_") and k != "root")
+        lines.append(f"- Built by `{manifests_from.get('_target_')}` ({options})")
     if not data.get("test_manifest"):
         lines.append("- No test manifest: the test evaluation ran on the validation set.")
     return "\n".join(lines) + "\n"
@@ -232,7 +234,7 @@ def _hyperparameters(record: RunRecord) -> str:
         ("gradient_clip_val", trainer.get("gradient_clip_val")),
         ("freeze_feature_encoder", model.get("freeze_feature_encoder")),
         ("eval_steps", f"{cfg.get('val_every_n_optimizer_steps')} optimizer steps"),
-        ("decision_rule", model.get("decision_rule")),
+        ("primary_rule", primary_rule_of(model)),
     ]
     if (model.get("category_head_weight") or 0) > 0:
         items.append(("category_head_weight", model["category_head_weight"]))
