@@ -7,10 +7,12 @@ hides a dependency from the reader, it does not remove it.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "broadclass"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "broadclass"
 # Lowest first. A module may import its own layer and the layers below it. Modules directly in broadclass/
 # are the entry points: the top. config.py (resolvers and config checks, imported with the package) is the
 # foundation below every layer: it imports none of them.
@@ -77,3 +79,33 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     (fake / "data" / "reader.py").write_text("def f():\n    from broadclass.tracking.store import x\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert upward_imports() == ["broadclass/data/reader.py:2: broadclass.data.reader imports broadclass.tracking.store"]
+
+
+def _readme_layout() -> dict[str, set[str]]:
+    """The modules README.md's Layout section lists, by folder ('' for the package's own top level)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Layout", 1)[1].split("```\nbroadclass/\n", 1)[1].split("```", 1)[0]
+    listed: dict[str, set[str]] = {}
+    folder = ""
+    for line in block.splitlines():
+        entry = re.match(r"^( +)(\S+)", line)
+        if not entry:
+            continue
+        indent, name = len(entry.group(1)), entry.group(2)
+        if indent == 2:
+            folder = name.rstrip("/") if name.endswith("/") else ""
+            if name.endswith(".py"):
+                listed.setdefault("", set()).add(name)
+        elif indent == 4 and name.endswith(".py"):
+            listed.setdefault(folder, set()).add(name)
+    return listed
+
+
+def test_the_readme_layout_lists_every_module_where_it_is_and_no_other():
+    on_disk: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "__init__.py" or "conf" in path.relative_to(PACKAGE).parts:
+            continue
+        folder = path.parent.relative_to(PACKAGE).as_posix()
+        on_disk.setdefault("" if folder == "." else folder, set()).add(path.name)
+    assert _readme_layout() == on_disk
