@@ -58,9 +58,10 @@ class ThroughputProbe(pl.Callback):
 
 class PhaseProfile(pl.Callback):
     """Adds our own phases to the Lightning profiler's table (``trainer.profiler=simple``), which times
-    data loading, training/validation steps, backward, optimizer step and callback hooks itself:
-    the forward pass, the loss, greedy decoding, the category decisions, the metric updates and the
-    loggers' calls (MLflow), each split by stage (train/validate)."""
+    data loading, training/validation steps, backward, optimizer step and callback hooks itself: the forward
+    pass, the loss, greedy decoding, the category decisions, the metric updates (the error analysis's class
+    confusion and durations included), the metric computation and the loggers' calls (MLflow), each split by
+    stage (train/validate)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         import broadclass.model.module as module
@@ -75,8 +76,11 @@ class PhaseProfile(pl.Callback):
         pl_module.forward = timed("forward", pl_module.forward)
         pl_module._loss = timed("loss", pl_module._loss)
         pl_module.predict_categories = timed("category decisions", pl_module.predict_categories)
-        module.greedy_decode = timed("greedy decode", module.greedy_decode)
+        module.greedy_segments = timed("greedy decode", module.greedy_segments)
         pl_module.errors.update = timed("WER/TER update", pl_module.errors.update)
+        pl_module.class_confusion.update = timed("class confusion update", pl_module.class_confusion.update)
+        pl_module.durations.update = timed("durations update", pl_module.durations.update)
+        pl_module.evaluation_result = timed("evaluation result (metric compute)", pl_module.evaluation_result)
         for metric in pl_module.confusion.values():
             metric.update = timed("confusion update", metric.update)
         for logger in trainer.loggers:

@@ -265,7 +265,7 @@ def profile(args: argparse.Namespace, shared: list[str], work: Path) -> None:
     print(f"[bench] profiling ours: {args.steps} steps, 1 validation ...", flush=True)
     run = launch("ours", cmd, work, 0, args.threads)
     f = figures(run)
-    out = RESULTS_DIR / f"profile-{args.profile}.txt"
+    out = args.out or RESULTS_DIR / f"profile-{args.profile}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"# python -m benchmarks.throughput {' '.join(sys.argv[1:])}\n"
@@ -383,7 +383,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--systems", default="ours,theirs", help=argparse.SUPPRESS)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU")
     parser.add_argument(
-        "--out", type=Path, default=None, help="result JSON (default experiments/throughput/<model>-<device>.json)"
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default experiments/throughput/<model>-<device>.json); with --profile, the table "
+        "(default experiments/throughput/profile-LABEL.txt)",
     )
     parser.add_argument("--work", type=Path, default=None, help="folder for logs, checkpoints, MLflow stores")
     parser.add_argument(

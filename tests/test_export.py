@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import mlflow
@@ -20,27 +16,12 @@ from mlflow.tracking._tracking_service import utils as tracking_service_utils
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from benchmarks.pipeline_agreement import pipeline_texts
 from broadclass import export, predict
 from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
 from broadclass.tracking.run_model import load_model
 from broadclass.train import train
-
-# Run in a fresh interpreter: transformers only, offline, and broadclass never imported.
-PIPELINE = textwrap.dedent(
-    """
-    import json, sys
-    import soundfile as sf
-    from transformers import pipeline
-
-    asr = pipeline("automatic-speech-recognition", model=sys.argv[1])
-    texts = {}
-    for path in sys.argv[2:]:
-        wave, rate = sf.read(path, dtype="float32")
-        texts[path] = asr({"raw": wave, "sampling_rate": rate})["text"]
-    print(json.dumps({"texts": texts, "broadclass": any(m.startswith("broadclass") for m in sys.modules)}))
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -91,26 +72,15 @@ def test_a_plain_transformers_pipeline_transcribes_every_validation_file_like_pr
     for row in read_manifest(demo_corpus["validation"]):  # 16 kHz: no resampler in between
         sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
     files = sorted(folder.glob("*.wav"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", PIPELINE, str(exported), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    pipeline_out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert pipeline_out["broadclass"] is False
+    texts = pipeline_texts(exported, files)  # transformers alone, in an interpreter that never imports broadclass
 
     out = tmp_path / "predicted.jsonl"
     predict.main([f"model={exported}", f"input={folder}", f"output={out}", "batch_size=8"])
     records = {record["audio_filepath"]: record for record in map(json.loads, out.read_text().splitlines())}
 
-    assert sorted(records) == sorted(pipeline_out["texts"]) and len(records) == 16
+    assert sorted(records) == sorted(texts) and len(records) == 16
     assert sum(bool(r["tokens"]) for r in records.values()) >= 8, "the model decodes too little to compare"
-    for path, text in pipeline_out["texts"].items():
+    for path, text in texts.items():
         assert text == records[path]["text"], path
 
 

@@ -76,3 +76,21 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
         assert len(r["record"]["step_end"]) == 3
         assert r["record"]["validations"][0]["utterances"] == 16
     assert result["summary"]["train_audio_s_per_s"]["ratio"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_the_profile_times_every_phase_of_ours(tmp_path, demo_corpus):
+    out = tmp_path / "profile.txt"
+    overrides = [
+        f"paths.root_dir={tmp_path}",
+        f"data.train_manifest={demo_corpus['train']}",
+        f"data.val_manifest={demo_corpus['validation']}",
+        *TEST_MODEL,
+    ]
+    main(["--steps=3", "--warmup=1", "--profile=test", f"--out={out}", f"--work={tmp_path / 'work'}", "--", *overrides])
+    table = out.read_text()
+    phases = {line.split("[phase] ", 1)[1].split("|")[0].strip() for line in table.splitlines() if "[phase]" in line}
+    # Each phase the probe wraps was called: the forward in training and in validation, the evaluation's parts.
+    for phase in ("forward", "greedy decode", "category decisions", "class confusion update", "durations update"):
+        assert any(p.startswith(f"{phase} (") and "VALIDATING" in p for p in phases), (phase, phases)
+    assert any(p.startswith("forward (") and "TRAINING" in p for p in phases), phases
