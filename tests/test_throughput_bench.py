@@ -58,16 +58,21 @@ def test_ratio_is_the_median_of_each_repetitions_ours_over_theirs():
     assert summary["train_s_per_step"]["ratio"]["max"] == pytest.approx(1.0)
 
 
-@pytest.mark.slow
-def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_corpus):
-    pytest.importorskip("accelerate", reason="the HF Trainer baseline needs the bench extra")
-    out = tmp_path / "result.json"
-    overrides = [
+def demo_overrides(tmp_path, demo_corpus) -> list[str]:
+    """Both systems on the test corpus and the test model, everything written under ``tmp_path``."""
+    return [
         f"paths.root_dir={tmp_path}",
         f"data.train_manifest={demo_corpus['train']}",
         f"data.val_manifest={demo_corpus['validation']}",
         *TEST_MODEL,
     ]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_corpus):
+    pytest.importorskip("accelerate", reason="the HF Trainer baseline needs the bench extra")
+    out = tmp_path / "result.json"
+    overrides = demo_overrides(tmp_path, demo_corpus)
     main(["--steps=3", "--warmup=1", "--reps=1", f"--out={out}", f"--work={tmp_path / 'work'}", "--", *overrides])
     result = json.loads(out.read_text())
     assert {run["system"] for run in result["runs"]} == {"ours", "theirs"}
@@ -81,12 +86,7 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
 @pytest.mark.slow
 def test_the_profile_times_every_phase_of_ours(tmp_path, demo_corpus):
     out = tmp_path / "profile.txt"
-    overrides = [
-        f"paths.root_dir={tmp_path}",
-        f"data.train_manifest={demo_corpus['train']}",
-        f"data.val_manifest={demo_corpus['validation']}",
-        *TEST_MODEL,
-    ]
+    overrides = demo_overrides(tmp_path, demo_corpus)
     main(["--steps=3", "--warmup=1", "--profile=test", f"--out={out}", f"--work={tmp_path / 'work'}", "--", *overrides])
     table = out.read_text()
     phases = {line.split("[phase] ", 1)[1].split("|")[0].strip() for line in table.splitlines() if "[phase]" in line}
