@@ -295,8 +295,8 @@ class BroadClassModule(pl.LightningModule):
         # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, as if its gradients were
         # still scaled; without a loss scaler they are not, so the norm is clipped here (the HF Trainer's way).
         if gradient_clip_val and loss_scaler(self.trainer) is None and gradient_clip_algorithm in (None, "norm"):
-            grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val)
+            with_grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(with_grads, gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
