@@ -10,6 +10,11 @@ config, datamodule, LightningModule, Lightning Trainer, MLflow logging, the vali
 artifacts, checkpointing), theirs ``benchmarks/hf_trainer_baseline.py``. Each run is its own process
 launch; the order alternates (ours-theirs, theirs-ours, ...) so a drift in machine load falls on both.
 
+Each system validates at the precision its validation really uses: ours runs the evaluation forward in fp32
+whatever the training precision (``BroadClassModule.infer``: one utterance, one answer on any machine), the
+HF Trainer under the training precision's autocast (``bf16=True``/``fp16=True``). Training is at the same
+precision in both.
+
 Measured from each process's own record (``benchmarks/probe.py``):
 
 * training throughput: real audio seconds trained on per wall second, and wall seconds per optimizer

@@ -214,7 +214,7 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
     if "labels" in batch:
         out, segments, predictions = module.evaluate_batch(on_device)
     else:
-        out = module(on_device["input_values"], on_device["attention_mask"])
+        out = module.infer(on_device["input_values"], on_device["attention_mask"])
         segments, predictions = module.decode_outputs(out)
     decoded = [[token for token, _, _ in utterance] for utterance in segments]
     seconds = frame_seconds(module.net.config, SAMPLE_RATE)

@@ -102,6 +102,17 @@ class BroadClassModule(pl.LightningModule):
             out["category_logits"] = self.category_head(pooled)
         return out
 
+    def infer(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The forward of every evaluation (validation, test, predict): in fp32 whatever the training precision.
+
+        Under ``bf16-mixed`` or ``16-mixed`` autocast, 16-bit matmuls round differently with the batch's shape
+        and with the CPU's or GPU's kernels (oneDNN with or without native bf16, cuBLAS), and a frame near a
+        tie between two tokens can flip: an utterance's transcription would depend on its batch and on the
+        machine. In fp32 the padding rules of :mod:`broadclass.model.padding` make it exactly the same alone
+        and in any batch. Training keeps the configured precision."""
+        with torch.autocast(input_values.device.type, enabled=False):
+            return self(input_values, attention_mask)
+
     def _loss(self, out: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = out["logits"].float().log_softmax(-1).transpose(0, 1)
         labels = batch["labels"]
@@ -152,7 +163,7 @@ class BroadClassModule(pl.LightningModule):
         """Score one batch with references (``labels``, ``categories``): the loss and every evaluation metric
         are updated and each utterance's prediction kept, until :meth:`evaluation_result`. Returns the
         network's outputs and their :meth:`decode_outputs`, for a caller that reports them too (predict)."""
-        out = self(batch["input_values"], batch["attention_mask"])
+        out = self.infer(batch["input_values"], batch["attention_mask"])
         loss, _ = self._loss(out, batch)
         self.eval_loss.update(loss.detach().float(), weight=len(batch["ids"]))
         segments, preds = self.decode_outputs(out)
