@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from benchmarks.probe import Record
-from broadclass.model.module import loss_scaler
+from broadclass.model.optimization import loss_scaler
 
 
 class ThroughputProbe(pl.Callback):

@@ -25,6 +25,8 @@ from broadclass.tracking.mlflow_run import (
     single_run_name,
     sweep_run_name,
 )
+from broadclass.tracking.pretraining import local_encoder, pretraining_tags
+from broadclass.tracking.store import default_tracking_uri
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
 
 
@@ -81,6 +83,9 @@ def train(cfg: DictConfig) -> float | None:
 
         check_tracking_server(cfg.logger.mlflow.tracking_uri)  # an unreachable server stops the run here, in seconds
         ensure_experiment(cfg.logger.mlflow)  # before the loggers open the store: parallel sweep jobs would race
+    tracking_uri = cfg.logger.mlflow.tracking_uri if "mlflow" in cfg.logger else default_tracking_uri()
+    # models:/<id> of a pretraining run (or any logged model) is fetched into the cache; a folder or hub id stays.
+    cfg.model.pretrained = local_encoder(cfg.model.get("pretrained"), tracking_uri, cfg.paths.cache_dir)
     # A resumed run logs into its MLflow run.
     resumed_run = {"mlflow": {"run_id": resume.mlflow_run_id, "run_name": run_name(cfg)}}
     loggers = [instantiate(c, **resumed_run.get(name, {})) for name, c in cfg.logger.items()]
@@ -93,7 +98,7 @@ def train(cfg: DictConfig) -> float | None:
     if tracker is not None and trainer.is_global_zero:
         remember_run(cfg.paths.output_dir, tracker.run_id, tracker._tracking_uri)
         if resume.mlflow_run_id is None:
-            log_run_setup(tracker, cfg, datamodule.label_map, run_tags())
+            log_run_setup(tracker, cfg, datamodule.label_map, {**run_tags(), **pretraining_tags(cfg.model.pretrained)})
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test_after_fit:

@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from broadclass.model.module import loss_scaler
+from broadclass.model.optimization import loss_scaler
 from broadclass.train import train
 from tests.test_faults import PoisonBatches, run_of, same
 

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 
 from broadclass.model.encoder import is_checkpointing_activations
-from broadclass.model.module import loss_scaler
+from broadclass.model.optimization import loss_scaler
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow

@@ -191,7 +191,7 @@ def ctc_frames_needed(tokens: Sequence[object]) -> int:
 
 def check_splits(
     splits: Mapping[str, Sequence[dict]],
-    labels: LabelMap,
+    labels: LabelMap | None,
     audio: AudioCache,
     encoder: EncoderGeometry = EncoderGeometry(),
     allow_speaker_overlap: bool = False,
@@ -223,10 +223,10 @@ def check_splits(
             elif frames == 0:
                 detail = f"{found.samples} samples < receptive field {encoder.receptive_field}"
                 add("too_short_for_encoder", split, row, detail)
-            label_problem = _labels_problem(row, labels)
+            label_problem = _labels_problem(row, labels) if labels is not None else None  # None: audio only
             if label_problem is not None:
                 add(label_problem[0], split, row, label_problem[1])
-            elif frames > 0:
+            elif labels is not None and frames > 0:
                 needed = ctc_frames_needed(labels.class_sequence(str(row["phones"]))[0])
                 if frames < needed:
                     add("too_short_for_labels", split, row, f"{frames} frames for {needed} needed")

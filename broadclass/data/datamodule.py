@@ -16,20 +16,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from broadclass.data.audio import AudioCache, change_speed, normalize
 from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_splits
 from broadclass.data.labels import LabelMap
-from broadclass.data.manifest import read_manifest
+from broadclass.data.manifest import AUDIO_FIELDS, REQUIRED_FIELDS, read_manifest
 
 log = logging.getLogger(__name__)
 
 
 class UtteranceDataset(Dataset):
-    """Items are dicts: normalised 16 kHz waveform, token ids, category index, utterance id."""
+    """Items are dicts: normalised 16 kHz waveform, utterance id, and with labels its token ids and category
+    index (``labels`` None: audio only, for self-supervised pretraining)."""
 
-    def __init__(self, rows: Sequence[dict], labels: LabelMap, audio: AudioCache):
+    def __init__(self, rows: Sequence[dict], labels: LabelMap | None, audio: AudioCache):
         # Rows come checked (broadclass.data.check, run by the datamodule's setup).
         self.rows = list(rows)
         self.audio = audio
-        self.targets = [labels.encode(row["phones"], row["category"]) for row in self.rows]
-        self.categories = [labels.category_index(row["category"]) for row in self.rows]
+        self.labeled = labels is not None
+        self.targets = [labels.encode(row["phones"], row["category"]) for row in self.rows] if labels else []
+        self.categories = [labels.category_index(row["category"]) for row in self.rows] if labels else []
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,13 +45,10 @@ class UtteranceDataset(Dataset):
         index, speed = item if isinstance(item, tuple) else (item, 1.0)
         row = self.rows[index]
         wave = change_speed(self.audio.load(row["audio_filepath"]), speed, self.audio.sample_rate)
-        return {
-            "input_values": normalize(wave),
-            "labels": self.targets[index],
-            "category": self.categories[index],
-            "id": row["id"],
-            "speaker": row.get("speaker"),
-        }
+        item = {"input_values": normalize(wave), "id": row["id"], "speaker": row.get("speaker")}
+        if self.labeled:
+            item.update(labels=self.targets[index], category=self.categories[index])
+        return item
 
 
 class LengthBucketBatchSampler(Sampler[list]):
@@ -180,8 +179,11 @@ def pad_waves(waves: Sequence[np.ndarray], lengths_per_octave: int = 0) -> tuple
 
 
 def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
-    """Pad audio with zeros (:func:`pad_waves`) and labels with -100."""
+    """Pad audio with zeros (:func:`pad_waves`) and labels, where items have them, with -100."""
     audio, mask = pad_waves([item["input_values"] for item in items], lengths_per_octave)
+    ids, speakers = [item["id"] for item in items], [item.get("speaker") for item in items]
+    if "labels" not in items[0]:
+        return {"input_values": audio, "attention_mask": mask, "ids": ids, "speakers": speakers}
     label_lengths = torch.tensor([len(item["labels"]) for item in items])
     labels = torch.full((len(items), max(int(label_lengths.max()), 1)), -100, dtype=torch.long)
     for i, item in enumerate(items):
@@ -192,8 +194,8 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
         "labels": labels,
         "label_lengths": label_lengths,
         "categories": torch.tensor([item["category"] for item in items]),
-        "ids": [item["id"] for item in items],
-        "speakers": [item.get("speaker") for item in items],
+        "ids": ids,
+        "speakers": speakers,
     }
 
 
@@ -232,7 +234,8 @@ class BroadClassDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.padded_lengths_per_octave must be 0 or a power of two, got {padded_lengths_per_octave}"
             )
-        self.label_map = LabelMap.from_config(labels, categories)
+        # None (data.labels=null): audio without transcriptions, for self-supervised pretraining.
+        self.label_map = LabelMap.from_config(labels, categories) if labels is not None else None
         self.manifests = {"train": train_manifest, "validation": val_manifest, "test": test_manifest}
         self.manifests_from = manifests_from
         self.batch_size = batch_size
@@ -261,7 +264,8 @@ class BroadClassDataModule(pl.LightningDataModule):
             # prepare_data runs on rank 0 only; other ranks (and direct setup() calls) still need paths.
             self.prepare_data()
         paths = {split: path for split, path in self.manifests.items() if path and split not in self.datasets}
-        todo = {split: read_manifest(path) for split, path in paths.items()}
+        required = REQUIRED_FIELDS if self.label_map is not None else AUDIO_FIELDS
+        todo = {split: read_manifest(path, required) for split, path in paths.items()}
         if todo:
             for split, rows in self._checked(todo).items():
                 self.datasets[split] = UtteranceDataset(rows, self.label_map, self.audio)

@@ -40,7 +40,7 @@ import soundfile as sf
 
 from broadclass.config import argument, parse_arguments
 from broadclass.data.espeak import ESpeak
-from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
+from broadclass.data.manifest import ManifestError, read_manifest, write_manifest, write_text_atomic
 
 # Bump when a change to this module changes what a build writes, so old corpora are rebuilt.
 CORPUS_VERSION = 1
@@ -241,13 +241,32 @@ def build_demo_corpus(
     seed: int = 0,
     min_words: int = 3,
     max_words: int = 6,
+    n_labeled: int | None = None,
 ) -> dict[str, Path]:
     """Build (or reuse) the demo corpus under ``root/<categories>``; returns the manifest paths.
 
     Returns ``{"train": .../train.jsonl, "validation": .../validation.jsonl}``. The result depends
     only on the arguments (and the word list and eSpeak build), so the same call gives byte-identical
-    WAVs and manifests in any folder.
+    WAVs and manifests in any folder. ``n_labeled``: train on the first ``n_labeled`` training rows only
+    (``train_<n>.jsonl``; categories alternate, so they stay balanced) — the small labeled set of the
+    pretraining study, whose other rows are the unlabeled audio.
     """
+    if n_labeled is not None and not 1 <= n_labeled <= n_train:
+        raise ValueError(f"n_labeled must be between 1 and n_train={n_train}, got {n_labeled}")
+    manifests = _build_corpus(root, categories, n_train, n_val, seed, min_words, max_words)
+    if n_labeled is None or n_labeled == n_train:
+        return manifests
+    subset = manifests["train"].with_name(f"train_{n_labeled}.jsonl")
+    # The first lines as written (audio paths relative to the folder), so the subset is as portable as the corpus.
+    lines = manifests["train"].read_text(encoding="utf-8").splitlines(keepends=True)[:n_labeled]
+    if not subset.is_file() or subset.read_text(encoding="utf-8") != "".join(lines):
+        write_text_atomic(subset, "".join(lines))
+    return {**manifests, "train": subset}
+
+
+def _build_corpus(
+    root: str | Path, categories: str, n_train: int, n_val: int, seed: int, min_words: int, max_words: int
+) -> dict[str, Path]:
     if categories not in CATEGORY_SETS:
         raise ValueError(f"unknown demo categories {categories!r}; choose one of {', '.join(CATEGORY_SETS)}")
     if n_train < 1 or n_val < 1:

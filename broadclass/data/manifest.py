@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "phones", "category")
+# What a row of audio without transcriptions needs (self-supervised pretraining).
+AUDIO_FIELDS = ("audio_filepath", "duration")
 # The JSON type every known field must have when present; ids and speakers may be numbers (LibriSpeech).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "audio_filepath": (str,),

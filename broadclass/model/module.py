@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
@@ -18,18 +17,14 @@ from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoi
 from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
 from broadclass.model.evaluation import EvaluationResult
+from broadclass.model.optimization import ScheduledAdamW
 from broadclass.model.padding import padding_ignored
 
 # wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
 SAMPLE_RATE = 16_000
 
 
-def loss_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
-    """The ``16-mixed`` loss scaler Lightning steps the optimizer through, or None (fp32, bf16)."""
-    return getattr(trainer.precision_plugin, "scaler", None)
-
-
-class BroadClassModule(pl.LightningModule):
+class BroadClassModule(ScheduledAdamW):
     def __init__(
         self,
         labels: LabelMap,
@@ -83,7 +78,6 @@ class BroadClassModule(pl.LightningModule):
         self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
         self.last_evaluation: EvaluationResult | None = None
-        self._optimizer_stepped = False
 
     # ---- forward and loss ------------------------------------------------------------------------
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -266,59 +260,3 @@ class BroadClassModule(pl.LightningModule):
         # Weights trained for other tokens (categories reordered, another label config) would load
         # without a size error when the vocabulary has the same length, and mislabel every output.
         check_vocabulary(self.labels.tokens, saved_tokens(checkpoint), "the checkpoint being restored")
-
-    # ---- optimisation ------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            eps=self.hparams.eps,
-            weight_decay=self.hparams.weight_decay,
-            fused=self._fused_optimizer_is_valid(params),
-        )
-        optimizer.register_step_post_hook(self._remember_optimizer_step)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.hparams.warmup_steps, total)
-
-        def linear_warmup_decay(step: int) -> float:
-            # The HF Trainer's linear schedule, so the reference recipe's learning-rate curve is kept.
-            if step < warmup:
-                return step / max(warmup, 1)
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _fused_optimizer_is_valid(self, params: list[nn.Parameter]) -> bool:
-        """One fused AdamW kernel (4x cheaper on CPU, the HF Trainer's default) wherever no loss scaler runs.
-
-        A fused optimizer unscales fp16 gradients inside its own ``step``: Lightning then skips unscaling
-        before ``on_before_optimizer_step``, so the non-finite guard and gradient clipping would see scaled
-        gradients. Without a scaler (fp32, bf16) nothing is scaled, and :meth:`configure_gradient_clipping`
-        clips before the fused step."""
-        return loss_scaler(self.trainer) is None and all(p.device.type in ("cpu", "cuda") for p in params)
-
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
-    ) -> None:
-        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, as if its gradients were
-        # still scaled; without a loss scaler they are not, so the norm is clipped here (the HF Trainer's way).
-        if gradient_clip_val and loss_scaler(self.trainer) is None and gradient_clip_algorithm in (None, "norm"):
-            with_grads = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(with_grads, gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def _remember_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        # Called only when AdamW.step ran: the fp16 loss scaler skips the call on overflow. The non-finite
-        # guard drops every gradient instead, which leaves AdamW nothing to update.
-        self._optimizer_stepped = any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        # The schedule advances with the steps the optimizer took, as in the HF Trainer: a step skipped for an
-        # fp16 overflow or a non-finite loss does not move the warm-up on.
-        if self._optimizer_stepped:
-            scheduler.step()
-        self._optimizer_stepped = False

@@ -55,10 +55,18 @@ class ExportBestModel(pl.Callback):
         )
 
 
-def log_model_folder(client: MlflowClient, experiment_id: str, run_id: str, folder: str, name: str, step: int) -> str:
+def log_model_folder(
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    folder: str,
+    name: str,
+    step: int,
+    model_type: str = MODEL_TYPE,
+) -> str:
     """``folder`` as a logged model of the run, output at ``step``; returns its id."""
     model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE, tags={"step": str(step)}
+        experiment_id, name=name, source_run_id=run_id, model_type=model_type, tags={"step": str(step)}
     )
     try:
         client.log_model_artifacts(model.model_id, folder)

@@ -104,8 +104,9 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap, tags: dict[str, str]) -> None:
-    """Resolved config as flattened params (its locations as tags) and as YAML, the vocabulary, run tags.
+def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap | None, tags: dict[str, str]) -> None:
+    """Resolved config as flattened params (its locations as tags) and as YAML, the vocabulary (a run with
+    labels), run tags.
 
     The param ``metrics/categories`` lists the categories' names in metric keys (``val/<name>/f1``) in id
     order; the experiment is marked as a model-training one when nothing marked it yet.
@@ -114,7 +115,8 @@ def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap, tags:
     resolved.pop("hydra", None)
     flat = {k: v for k, v in flatten(resolved).items() if not k.endswith("/_target_") and k != "_target_"}
     params, locations = split_locations(flat, resolved.get("paths", {}))
-    params["metrics/categories"] = json.dumps(category_keys(labels.category_names), ensure_ascii=False)
+    if labels is not None:
+        params["metrics/categories"] = json.dumps(category_keys(labels.category_names), ensure_ascii=False)
     logger.log_hyperparams(params)
     client, run_id = logger.experiment, logger.run_id
     experiment = client.get_experiment(logger.experiment_id)
@@ -122,7 +124,8 @@ def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap, tags:
         client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     tags = {**{k: str(v) for k, v in locations.items()}, **tags}
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config/config.yaml")
-    client.log_text(run_id, json.dumps(labels.vocab, ensure_ascii=False, indent=2), "config/vocab.json")
+    if labels is not None:
+        client.log_text(run_id, json.dumps(labels.vocab, ensure_ascii=False, indent=2), "config/vocab.json")
     from mlflow.entities import RunTag  # here: this module is imported by runs without MLflow (logger=csv)
 
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])

@@ -42,7 +42,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from broadclass.model.module import loss_scaler
+from broadclass.model.optimization import loss_scaler
 
 log = logging.getLogger(__name__)
 

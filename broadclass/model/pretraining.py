@@ -1,0 +1,328 @@
+"""Self-supervised pretraining of a wav2vec2-family encoder on audio without transcriptions.
+
+wav2vec 2.0's task, on transformers' ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ConformerForPreTraining``: spans of
+the feature encoder's frames are masked, and at each masked frame the transformer's output must pick the frame's
+own quantized feature (a Gumbel-softmax codebook) out of ``num_negatives`` quantized features drawn from other
+frames of the same utterance (the contrastive loss); a diversity loss keeps the codebook in use.
+
+What this module adds to transformers' forward:
+
+- **Masks and negatives from each utterance's own frames.** :func:`sample_time_masks` places spans inside the
+  utterance's valid frames only, :func:`sample_negatives` draws from them only (never from padding, the classic
+  bug), each utterance from its own generator seeded by (seed, step, utterance id): the task of an utterance
+  does not depend on its batch, and a resumed run draws what the uninterrupted run drew. Validation uses the
+  same draw at every evaluation.
+- **The Gumbel temperature decays per optimizer step** (``start · decay^step``, floored at ``end``), set from
+  ``global_step`` before every training batch, so it continues exactly across a resume.
+- **Losses per masked frame**: transformers sums the contrastive loss over masked frames; logged here as means,
+  so runs with other lengths and batch sizes compare.
+- **The codebook watched for collapse**: validation counts, over the whole validation set, which code vector
+  every masked frame's features select in each group, and reports the perplexity of that distribution and the
+  share of code vectors in use (independent of batching).
+- Padding that changes nothing (:mod:`broadclass.model.padding`), the shared optimisation
+  (:mod:`broadclass.model.optimization`), evaluation in fp32.
+
+The encoder it writes (:func:`save_encoder`) is a HuggingFace folder: ``train``'s ``model.pretrained`` loads its
+encoder into a CTC network (the quantizer and projections are left out there), and ``pretrain``'s
+``model.pretrained`` continues pretraining it, codebook included.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import Metric, SumMetric
+from transformers import PreTrainedModel, Wav2Vec2FeatureExtractor
+
+from broadclass.model.encoder import build_pretraining_network, enable_activation_checkpointing
+from broadclass.model.optimization import ScheduledAdamW
+from broadclass.model.padding import padding_ignored
+
+SAMPLE_RATE = 16_000
+# The checkpoint section that lets the network be rebuilt without the training config (the full network config).
+METADATA_KEY = "broadclass_pretraining"
+# Written into the encoder folder: which run, step and data it came from (a fine-tuning run tags it).
+PROVENANCE_FILE = "broadclass_pretraining.json"
+
+
+def sample_time_masks(
+    lengths: Sequence[int], width: int, mask_prob: float, span: int, min_spans: int, rngs: Sequence[np.random.Generator]
+) -> np.ndarray:
+    """(batch, width) boolean masks: for an utterance of ``L`` valid frames, ``max(min_spans, ⌊mask_prob·L/span
+    + u⌋)`` spans of ``span`` frames (fewer where ``L`` has no room for them) start at distinct frames drawn
+    uniformly from ``0 … L - span``; spans may overlap (wav2vec 2.0's masking: mask_prob 0.65, span 10 masks
+    about half of the frames). Nothing at or past ``L`` is ever masked."""
+    masks = np.zeros((len(lengths), width), dtype=bool)
+    for row, (length, rng) in enumerate(zip(lengths, rngs, strict=True)):
+        length = int(length)
+        if length <= 0:
+            continue
+        span_here = min(span, length)
+        starts_possible = length - span_here + 1
+        count = max(min_spans, int(mask_prob * length / span + rng.random()))
+        starts = rng.choice(starts_possible, size=min(count, starts_possible), replace=False)
+        for start in starts:
+            masks[row, start : start + span_here] = True
+    return masks
+
+
+def sample_negatives(
+    masks: np.ndarray, lengths: Sequence[int], num_negatives: int, rngs: Sequence[np.random.Generator]
+) -> np.ndarray:
+    """(batch, width, num_negatives) indices into the batch's flattened (batch · width) frames: for every masked
+    frame ``t`` of an utterance of ``L`` valid frames, ``num_negatives`` frames drawn uniformly from its frames
+    ``0 … L - 1`` other than ``t`` (with replacement, as fairseq does). Unmasked frames point at their own
+    utterance's first frame; transformers ignores them in the loss."""
+    batch, width = masks.shape
+    negatives = np.repeat((np.arange(batch) * width)[:, None, None], width, axis=1).repeat(num_negatives, axis=2)
+    for row, (length, rng) in enumerate(zip(lengths, rngs, strict=True)):
+        length = int(length)
+        frames = np.flatnonzero(masks[row])
+        if len(frames) == 0 or length < 2:
+            continue
+        drawn = rng.integers(0, length - 1, size=(len(frames), num_negatives))
+        drawn += drawn >= frames[:, None]  # skip the frame itself, keeping the draw uniform over the others
+        negatives[row, frames] = drawn + row * width
+    return negatives
+
+
+def utterance_generators(seed: int, step: int | None, ids: Sequence[str]) -> list[np.random.Generator]:
+    """One generator per utterance, from (seed, step, id): ``step`` None for validation's fixed draw."""
+    keys = [zlib.crc32(str(utt_id).encode("utf-8")) for utt_id in ids]
+    prefix = [seed] if step is None else [seed, 1 + step]
+    return [np.random.default_rng([*prefix, key]) for key in keys]
+
+
+def gumbel_temperature(step: int, start: float, end: float, decay: float) -> float:
+    """The Gumbel-softmax temperature at optimizer step ``step``: ``start · decay^step``, never below ``end``."""
+    return max(start * decay**step, end)
+
+
+def code_perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """Summed over groups, the perplexity of each group's code-vector distribution (counts: groups × vectors):
+    ``groups × vectors`` when every vector is used equally, ``groups`` when one per group takes everything."""
+    probs = counts.float() / counts.sum(-1, keepdim=True).clamp_min(1)
+    return torch.exp(-torch.xlogy(probs, probs).sum(-1)).sum()
+
+
+class CodeCounts(Metric):
+    """How often each code vector of each group was selected, summed over batches and processes."""
+
+    def __init__(self, groups: int, vectors: int):
+        super().__init__()
+        self.add_state("counts", torch.zeros(groups, vectors), dist_reduce_fx="sum")
+
+    def update(self, selected: torch.Tensor) -> None:
+        """``selected``: (frames, groups) code-vector indices."""
+        for group in range(self.counts.shape[0]):
+            self.counts[group] += torch.bincount(selected[:, group], minlength=self.counts.shape[1]).float()
+
+    def compute(self) -> torch.Tensor:
+        return self.counts
+
+
+class PretrainingModule(ScheduledAdamW):
+    def __init__(
+        self,
+        pretrained: str | None,
+        config: Mapping[str, Any] | None,
+        freeze_feature_encoder: bool,
+        gradient_checkpointing: bool,
+        mask_time_prob: float,
+        mask_time_length: int,
+        mask_min_spans: int,
+        num_negatives: int,
+        gumbel_temperature: Sequence[float],
+        gumbel_decay: float,
+        lr: float,
+        betas: Sequence[float],
+        eps: float,
+        weight_decay: float,
+        warmup_steps: int,
+        seed: int,
+    ):
+        super().__init__()
+        if not 0 < mask_time_prob <= 1:
+            raise ValueError(f"model.mask_time_prob must be in (0, 1], got {mask_time_prob}")
+        if len(gumbel_temperature) != 2 or not gumbel_temperature[0] >= gumbel_temperature[1] > 0:
+            raise ValueError(
+                f"model.gumbel_temperature must be [start, end] with start >= end > 0, got {gumbel_temperature}"
+            )
+        self.save_hyperparameters(logger=False)
+        # The network masks with its own embedding, which transformers builds only for a positive mask_time_prob.
+        masking = {"mask_time_prob": mask_time_prob, "mask_time_length": mask_time_length}
+        self.net = build_pretraining_network(pretrained, {**(config or {}), **masking})
+        if freeze_feature_encoder:
+            self.net.freeze_feature_encoder()
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.net)
+        quantizer = self.net.quantizer
+        self.groups, self.vectors = quantizer.num_groups, quantizer.num_vars
+        # Which code vector each masked frame selects (the argmax of the quantizer's projection), read by a hook.
+        self._selected: list[torch.Tensor] = []
+        quantizer.weight_proj.register_forward_hook(self._record_selection)
+        self._frames_for_selection: torch.Tensor | None = None
+        self.code_counts = CodeCounts(self.groups, self.vectors)
+        self.val_contrastive = SumMetric()
+        self.val_diversity = SumMetric()
+        self.val_masked = SumMetric()
+
+    # ---- the task ----------------------------------------------------------------------------------
+    def temperature(self, step: int) -> float:
+        start, end = self.hparams.gumbel_temperature
+        return gumbel_temperature(step, start, end, self.hparams.gumbel_decay)
+
+    def draw_task(self, batch: dict, step: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frame lengths, masks and negatives for ``batch`` (``step`` None: validation's fixed draw)."""
+        mask = batch["attention_mask"]
+        lengths = self.net._get_feat_extract_output_lengths(mask.sum(-1)).long()
+        width = int(self.net._get_feat_extract_output_lengths(torch.tensor(mask.shape[1])))
+        host_lengths = lengths.tolist()
+        rngs = utterance_generators(self.hparams.seed, step, batch["ids"])
+        h = self.hparams
+        masks = sample_time_masks(host_lengths, width, h.mask_time_prob, h.mask_time_length, h.mask_min_spans, rngs)
+        negatives = sample_negatives(masks, host_lengths, h.num_negatives, rngs)
+        device = mask.device
+        return lengths, torch.from_numpy(masks).to(device), torch.from_numpy(negatives).long().to(device)
+
+    def _record_selection(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        if self._frames_for_selection is None:
+            return
+        chosen = output.detach().view(*output.shape[:2], self.groups, self.vectors).argmax(-1)  # (b, t, groups)
+        self._selected.append(chosen[self._frames_for_selection])  # (masked frames, groups)
+
+    def contrastive_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
+        """The losses per masked frame and the code vectors the masked frames selected."""
+        lengths, masks, negatives = self.draw_task(batch, step)
+        self._frames_for_selection, self._selected = masks, []
+        try:
+            with padding_ignored(self.net, batch["attention_mask"]):
+                out = self.net(
+                    batch["input_values"],
+                    attention_mask=batch["attention_mask"],
+                    mask_time_indices=masks,
+                    sampled_negative_indices=negatives,
+                )
+        finally:
+            self._frames_for_selection = None
+        masked = masks.sum()
+        return {
+            "loss": out.loss / masked,
+            "contrastive": out.contrastive_loss.detach() / masked,
+            # transformers' diversity loss is (G·V - perplexity) / (G·V) times the masked frames.
+            "diversity": out.diversity_loss.detach() / masked,
+            "perplexity": out.codevector_perplexity.detach(),
+            "masked": masked,
+            "frames": lengths.sum(),
+            "selected": self._selected[0] if self._selected else torch.zeros(0, self.groups, dtype=torch.long),
+        }
+
+    # ---- training ----------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.net.set_gumbel_temperature(self.temperature(int(self.global_step)))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        result = self.contrastive_step(batch, int(self.global_step))
+        size = len(batch["ids"])
+        selected = result["selected"]
+        usage = sum(len(selected[:, g].unique()) for g in range(self.groups)) / (self.groups * self.vectors)
+        self.log("train/loss", result["loss"], on_step=True, prog_bar=True, batch_size=size)
+        self.log_dict(
+            {
+                "train/contrastive_loss": result["contrastive"],
+                "train/diversity_loss": result["diversity"],
+                "train/perplexity": result["perplexity"],
+                "train/code_usage": usage,
+                "train/masked_share": result["masked"].float() / result["frames"],
+                "train/gumbel_temperature": self.temperature(int(self.global_step)),
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=size,
+        )
+        return result["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:  # before clipping: the norm the clipping sees
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    # ---- validation --------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # fp32 whatever the training precision, and the same masks and negatives at every validation.
+        with torch.autocast(batch["input_values"].device.type, enabled=False):
+            result = self.contrastive_step(batch, None)
+        masked = result["masked"].float()
+        self.val_contrastive.update(result["contrastive"] * masked)
+        self.val_diversity.update(result["diversity"] * masked)
+        self.val_masked.update(masked)
+        self.code_counts.update(result["selected"])
+
+    def on_validation_epoch_end(self) -> None:
+        masked = self.val_masked.compute().clamp_min(1)
+        counts = self.code_counts.compute()
+        contrastive = self.val_contrastive.compute() / masked
+        diversity = self.val_diversity.compute() / masked
+        metrics = {
+            "val/loss": contrastive + self.net.config.diversity_loss_weight * diversity,
+            "val/contrastive_loss": contrastive,
+            "val/perplexity": code_perplexity(counts),
+            "val/code_usage": (counts > 0).float().mean(),
+            "step": float(self.global_step),
+        }
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        for metric in (self.val_contrastive, self.val_diversity, self.val_masked, self.code_counts):
+            metric.reset()
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The full network config, so the encoder is rebuilt without the training config (or the hub).
+        checkpoint[METADATA_KEY] = {"config": self.net.config.to_dict(), "step": int(self.global_step)}
+
+
+def network_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """The pretraining network of a checkpoint of :class:`PretrainingModule`, and its metadata."""
+    from transformers import AutoConfig, AutoModelForPreTraining
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    metadata = checkpoint.get(METADATA_KEY)
+    if metadata is None:
+        raise ValueError(f"{path} is not a pretraining checkpoint (no {METADATA_KEY!r} section)")
+    config = dict(metadata["config"])
+    config = AutoConfig.for_model(config.pop("model_type"), **config)
+    network = AutoModelForPreTraining.from_config(config)
+    weights = {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    network.load_state_dict(weights)
+    return network, metadata
+
+
+def save_encoder(checkpoint: str | Path, folder: str | Path, provenance: Mapping[str, Any]) -> Path:
+    """The checkpoint's network as a HuggingFace folder (config, safetensors, feature extractor) with
+    ``provenance`` (run, step, data) in :data:`PROVENANCE_FILE`; returns the folder."""
+    network, metadata = network_from_checkpoint(checkpoint)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    network.save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    ).save_pretrained(out)
+    record = {"checkpoint": str(Path(checkpoint).resolve()), "step": metadata["step"], **provenance}
+    (out / PROVENANCE_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any] | None:
+    """What :func:`save_encoder` recorded in a folder, or None (another folder, a hub id)."""
+    path = Path(folder) / PROVENANCE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
