@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.broadclass-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-accent test test-slow test-all lint ui bench gpu-check lock clean
+.PHONY: install demo demo-accent demo-pretrained test test-slow test-all lint ui bench gpu-check lock clean
 
 install: $(STAMP)
 
@@ -25,6 +25,21 @@ demo: install
 
 demo-accent: install
 	$(PY) -m broadclass.train +experiment=demo_accent
+
+# The users' path on the demo: pretrain the tiny encoder on the demo corpus's audio without labels, then fine-tune
+# it on 320 labeled sentences, beside the same fine-tuning from scratch. The encoder is kept in $(DEMO_ENCODER)
+# and made again only when its recipe changes (make compares the files' times).
+DEMO_ENCODER := models/demo_pretrain/encoder
+$(DEMO_ENCODER)/config.json: $(STAMP) broadclass/conf/pretrain.yaml broadclass/conf/pretraining/tiny.yaml \
+		broadclass/conf/pretraining/xlsr53.yaml broadclass/conf/encoder/tiny.yaml \
+		broadclass/conf/experiment/demo_pretrain.yaml broadclass/model/pretraining.py
+	$(PY) -m broadclass.pretrain +experiment=demo_pretrain encoder_dir=$(CURDIR)/$(DEMO_ENCODER)
+
+# The small labeled set (the first 320 of the 3,200 training sentences, 80 per voice type) and its steps.
+DEMO_SMALL := data.manifests_from.n_labeled=320 trainer.max_steps=2000
+demo-pretrained: $(DEMO_ENCODER)/config.json
+	$(PY) -m broadclass.train +experiment=demo_pretrained model.pretrained=$(CURDIR)/$(DEMO_ENCODER) $(DEMO_SMALL)
+	$(PY) -m broadclass.train +experiment=demo $(DEMO_SMALL)
 
 test: install
 	$(PY) -m pytest
@@ -62,4 +77,4 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|broadclass)' > requirements.lock
 
 clean:
-	rm -rf outputs multirun cache .pytest_cache
+	rm -rf outputs multirun cache models .pytest_cache
