@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +30,7 @@ from broadclass.model.pretraining import (
     utterance_generators,
 )
 from tests.conftest import TEST_MODEL, compose_config
+from tests.test_resume import REPO, environment
 
 # The test model with a small codebook (2 groups of 8 code vectors) and 10 distractors per masked frame.
 PRETRAIN_MODEL = [
@@ -392,3 +396,160 @@ def test_the_encoder_folder_fine_tunes_with_train_and_tags_the_pretraining_run(p
     cfg = fine_tune_config(tmp_path / "models", demo_corpus, model_uri, uri)
     check_encoder_from(ctc_module(cfg).net, best)
     assert Path(cfg.model.pretrained).is_dir() and Path(cfg.model.pretrained) != folder
+
+
+# ---- 5. continued pretraining of an XLSR-layout checkpoint -----------------------------------------------
+
+SMALL = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=[32] * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    codevector_dim=16,
+    proj_codevector_dim=16,
+    num_codevectors_per_group=8,
+)
+
+
+def save_pretraining_network(folder: Path, model_type: str, **config) -> dict[str, torch.Tensor]:
+    """A randomly initialised pretraining network saved with save_pretrained (as a hub checkpoint is); its weights."""
+    from transformers import AutoConfig, AutoModelForPreTraining
+
+    torch.manual_seed(0)
+    network = AutoModelForPreTraining.from_config(AutoConfig.for_model(model_type, **{**SMALL, **config}))
+    network.save_pretrained(folder)
+    return {k: v.clone() for k, v in network.state_dict().items()}
+
+
+def test_continued_pretraining_of_an_xlsr_layout_checkpoint_loads_its_quantizer(pretrain_config, tmp_path):
+    from broadclass.pretrain import pretrain
+
+    folder = tmp_path / "xlsr"
+    saved = save_pretraining_network(
+        folder, "wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True
+    )
+    overrides = ["pretraining@model=xlsr53", f"model.pretrained={folder}", "model.num_negatives=10", "logger=csv"]
+    overrides += ["trainer.max_steps=2", "val_every_n_optimizer_steps=2", "data.batch_size=4"]
+    cfg = pretrain_config(*overrides, model=[])
+    module = instantiate(cfg.model)
+    weights = module.net.state_dict()
+    heads = [k for k in saved if k.startswith(("quantizer.", "project_q.", "project_hid."))]
+    assert "quantizer.codevectors" in heads and any(k.startswith("project_hid.") for k in heads)
+    for key in saved:  # the codebook and projections as saved, and the rest of the network too
+        assert torch.equal(weights[key], saved[key]), key
+    assert module.net.config.do_stable_layer_norm and module.net.config.feat_extract_norm == "layer"
+
+    pretrain(cfg)
+    metrics = csv_metrics(cfg)
+    assert len(metrics["train/loss"].dropna()) == 2 and np.isfinite(metrics["train/loss"].dropna()).all()
+    trained = load_file(Path(cfg.encoder_dir) / "model.safetensors")
+    assert not torch.equal(trained["project_q.weight"], saved["project_q.weight"])  # trained from there
+    assert torch.equal(
+        trained["wav2vec2.feature_extractor.conv_layers.0.conv.weight"],
+        saved["wav2vec2.feature_extractor.conv_layers.0.conv.weight"],
+    )  # frozen (the recipe)
+
+
+# ---- 6. the architecture guard ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layer_norm_folder(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A wav2vec2-conformer pretraining folder with XLSR's layer-norm feature encoder and a wider transformer."""
+    folder = tmp_path_factory.mktemp("layer_norm")
+    saved = save_pretraining_network(
+        folder,
+        "wav2vec2-conformer",
+        position_embeddings_type="rotary",
+        feat_extract_norm="layer",
+        conv_bias=True,
+        hidden_size=48,
+        num_attention_heads=4,
+    )
+    return folder, saved
+
+
+def test_model_tiny_over_another_architecture_is_refused_naming_every_key(layer_norm_folder, train_config, tmp_path):
+    from transformers import AutoConfig
+
+    from broadclass.model.encoder import TRAINING_TIME_KEYS, ArchitectureOverrideError
+    from broadclass.train import train
+
+    folder, _ = layer_norm_folder
+    cfg = train_config(f"model.pretrained={folder}", "trainer.max_steps=2")
+    folder_config = AutoConfig.from_pretrained(folder)
+    differing = [
+        key
+        for key, value in cfg.model.config.items()
+        if not TRAINING_TIME_KEYS.search(key) and getattr(folder_config, key, None) != value
+    ]
+    assert {"feat_extract_norm", "hidden_size", "num_attention_heads"} <= set(differing)
+    with pytest.raises(ArchitectureOverrideError) as refused:
+        train(cfg)
+    for key in differing:
+        assert f"model.config.{key}:" in str(refused.value), key
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # before any training
+
+
+def test_a_folder_brings_its_own_architecture_and_takes_training_time_keys(layer_norm_folder, tmp_path, demo_corpus):
+    folder, saved = layer_norm_folder
+    cfg = fine_tune_config(tmp_path, demo_corpus, str(folder), "sqlite:///:memory:", "model.config.hidden_dropout=0.2")
+    network = ctc_module(cfg).net
+    check_encoder_from(network, saved)  # no unexpected or missing encoder weights
+    assert network.config.hidden_dropout == 0.2 and network.config.feat_extract_norm == "layer"
+    assert network.config.hidden_size == 48
+
+
+def test_configuration_errors_reach_the_command_line_as_one_message(layer_norm_folder, tmp_path, demo_corpus):
+    """train refusing the architecture, pretrain refusing manifest rows: `error: …`, exit 1, no traceback."""
+    folder, _ = layer_norm_folder
+    env = environment()
+    common = [*data_overrides(demo_corpus), f"paths.root_dir={tmp_path}", "logger=csv"]
+    train = [sys.executable, "-m", "broadclass.train", "+experiment=demo", f"model.pretrained={folder}", *common]
+    refused = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr and "HYDRA_FULL_ERROR" not in refused.stderr, refused.stderr[-3000:]
+    message = refused.stderr[refused.stderr.index("error: ") :]
+    assert message.startswith(f"error: model.pretrained={folder} has its own architecture")
+    for key in ["feat_extract_norm", "hidden_size", "num_hidden_layers", "conv_dim"]:  # model=tiny vs the folder
+        assert f"model.config.{key}:" in message, key
+
+    rows = demo_corpus["train"].read_text(encoding="utf-8").splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*rows[:4], rows[4].replace(".wav", "-missing.wav")]) + "\n", encoding="utf-8")
+    manifest = [f"data.train_manifest={broken}", "~callbacks.save_encoder"]
+    pretrain = [sys.executable, "-m", "broadclass.pretrain", *common, *PRETRAIN_MODEL, *manifest]
+    refused = subprocess.run(pretrain, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "error: Data check" in refused.stderr and "-missing.wav" in refused.stderr, refused.stderr[-3000:]
+
+
+def test_configuration_errors_keep_their_traceback_with_hydra_full_error_and_in_sweeps(monkeypatch, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from broadclass.model.encoder import ArchitectureOverrideError
+    from broadclass.training.errors import reporting_configuration_errors
+
+    @reporting_configuration_errors
+    def task(error: Exception):
+        raise error
+
+    compose_config(tmp_path, [])  # Hydra's runtime: a single run
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        task(ArchitectureOverrideError("model.config.hidden_size: 32 here, 48 in the folder"))
+    assert stopped.value.code == 1
+    with pytest.raises(RuntimeError):  # not a configuration error: Hydra's report, traceback and all
+        task(RuntimeError("a bug"))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ArchitectureOverrideError):
+        task(ArchitectureOverrideError("shown with its traceback"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
+    with pytest.raises(ArchitectureOverrideError):
+        task(ArchitectureOverrideError("a failed sweep job"))
