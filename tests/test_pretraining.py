@@ -30,7 +30,7 @@ from broadclass.model.pretraining import (
     utterance_generators,
 )
 from tests.conftest import TEST_MODEL, compose_config
-from tests.test_resume import REPO, environment
+from tests.test_resume import REPO, environment, histories
 
 # The test model with a small codebook (2 groups of 8 code vectors) and 10 distractors per masked frame.
 PRETRAIN_MODEL = [
@@ -553,3 +553,111 @@ def test_configuration_errors_keep_their_traceback_with_hydra_full_error_and_in_
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
     with pytest.raises(ArchitectureOverrideError):
         task(ArchitectureOverrideError("a failed sweep job"))
+
+
+# ---- 8. end to end, as commands (slow) -------------------------------------------------------------------
+
+
+def pretrain_command(root: Path, corpus: dict[str, Path], *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "broadclass.pretrain",
+        f"paths.root_dir={root}",
+        f"data.cache_dir={root.parent / 'audio-cache'}",
+        *pretrain_overrides(corpus),
+        *overrides,
+    ]
+
+
+def store_root(tmp_path: Path, name: str, empty_mlflow_db: Path) -> Path:
+    root = tmp_path / name
+    root.mkdir()
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    return root
+
+
+def last_line(stdout: str) -> str:
+    return stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_encoder(
+    tmp_path, demo_corpus, empty_mlflow_db
+):
+    import signal
+    import time
+
+    from broadclass.training.resume import FINISHED_FILE
+    from tests.test_resume import last_logged_step
+
+    root = store_root(tmp_path, "killed", empty_mlflow_db)
+    steps = ["trainer.max_steps=60", "val_every_n_optimizer_steps=20", "checkpoint_every_n_optimizer_steps=10"]
+    cmd = pretrain_command(root, demo_corpus, *steps, "trainer.precision=32-true")
+    log = (tmp_path / "killed.log").open("w+")
+    process = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    # Killed between checkpoints (10, 20 and the validation at 20, 30): the steps after 30 are logged again.
+    while last_logged_step(root / "mlflow.db") < 34:
+        assert process.poll() is None, Path(log.name).read_text()[-3000:]
+        assert time.monotonic() < deadline, "pretraining did not reach step 34"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (folder,) = (root / "outputs" / "pretrain" / "runs").iterdir()
+    assert not (folder / FINISHED_FILE).exists() and not (folder / "encoder").exists()
+
+    resumed = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {folder}/checkpoints/" in resumed.stderr + resumed.stdout
+    assert [p.name for p in (root / "outputs" / "pretrain" / "runs").iterdir()] == [folder.name]
+    runs, metrics = histories(root, "pretrain")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key, points in metrics.items():
+        steps_logged = [step for step, _ in points]
+        assert len(steps_logged) == len(set(steps_logged)), f"{key}: steps logged twice"
+    assert [s for s, _ in metrics["train/gumbel_temperature"]] == list(range(60))
+    assert [s for s, _ in metrics["val/contrastive_loss"]] == [20, 40, 60]
+    assert last_line(resumed.stdout) == str(folder / "encoder")
+    assert (folder / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_cpu_processes_writes_the_encoder(tmp_path, demo_corpus, empty_mlflow_db):
+    root = store_root(tmp_path, "ddp", empty_mlflow_db)
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    cmd = pretrain_command(root, demo_corpus, *ddp, "trainer.max_steps=4", "val_every_n_optimizer_steps=2")
+    done = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
+    (folder,) = (root / "outputs" / "pretrain" / "runs").iterdir()
+    assert last_line(done.stdout) == str(folder / "encoder")
+    assert (folder / "encoder" / "model.safetensors").is_file()
+    runs, metrics = histories(root, "pretrain")
+    assert len(runs) == 1 and [s for s, _ in metrics["train/loss"]] == list(range(4))
+    assert [s for s, _ in metrics["val/perplexity"]] == [2, 4]
+    assert runs[0].data.tags["encoder/model_uri"].startswith("models:/")
+
+
+@pytest.mark.slow
+def test_pretrain_then_fine_tune_as_commands(tmp_path, demo_corpus, empty_mlflow_db):
+    from tests.conftest import SHORT_RUN
+
+    root = store_root(tmp_path, "project", empty_mlflow_db)
+    cmd = pretrain_command(root, demo_corpus, "trainer.max_steps=4", "val_every_n_optimizer_steps=2")
+    pretrained = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert pretrained.returncode == 0, pretrained.stderr[-3000:]
+    folder = last_line(pretrained.stdout)
+    assert Path(folder, "config.json").is_file()
+
+    steps = [o for o in SHORT_RUN if not o.startswith("model.config.")]
+    fine_tune = [sys.executable, "-m", "broadclass.train", "+experiment=demo_pretrained", f"model.pretrained={folder}"]
+    fine_tune += [f"paths.root_dir={root}", f"data.cache_dir={root.parent / 'audio-cache'}"]
+    fine_tune += [*data_overrides(demo_corpus), *steps]
+    done = subprocess.run(fine_tune, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (pretraining_run,), _ = histories(root, "pretrain")
+    (run,), metrics = histories(root, "demo_pretrained")
+    assert run.data.tags["pretrained/run_id"] == pretraining_run.info.run_id
+    assert run.data.tags["pretrained/folder"] == folder
+    assert run.info.status == "FINISHED" and "val/ter" in metrics
