@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from broadclass.config import check_config
 from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
 from broadclass.train import run_name, run_tags
+from broadclass.training.errors import reporting_configuration_errors
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
 
 
@@ -52,6 +53,7 @@ def pretrain(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pretrain")
+@reporting_configuration_errors
 def main(cfg: DictConfig) -> float | None:
     return pretrain(cfg)
 

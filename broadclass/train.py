@@ -27,6 +27,7 @@ from broadclass.tracking.mlflow_run import (
 )
 from broadclass.tracking.pretraining import local_encoder, pretraining_tags
 from broadclass.tracking.store import default_tracking_uri
+from broadclass.training.errors import reporting_configuration_errors
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
 
 
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@reporting_configuration_errors
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

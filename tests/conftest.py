@@ -49,12 +49,13 @@ SHORT_RUN = [
 ]
 
 
-def compose_config(root: Path, overrides: list[str] = ()) -> DictConfig:
-    """The real composed config, with every path under ``root`` and Hydra's runtime set."""
+def compose_config(root: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """The real composed config (``train``, or ``pretrain``), with every path under ``root`` and Hydra's
+    runtime set."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
-            config_name="train",
+            config_name=config_name,
             overrides=[f"paths.root_dir={root}", *overrides],
             return_hydra_config=True,
         )

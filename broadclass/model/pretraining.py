@@ -58,11 +58,12 @@ def sample_time_masks(
     """(batch, width) boolean masks: for an utterance of ``L`` valid frames, ``max(min_spans, ⌊mask_prob·L/span
     + u⌋)`` spans of ``span`` frames (fewer where ``L`` has no room for them) start at distinct frames drawn
     uniformly from ``0 … L - span``; spans may overlap (wav2vec 2.0's masking: mask_prob 0.65, span 10 masks
-    about half of the frames). Nothing at or past ``L`` is ever masked."""
+    about half of the frames). Nothing at or past ``L`` is ever masked, and nothing in an utterance of one frame
+    (no other frame to draw its negatives from: its only candidate would be the frame itself)."""
     masks = np.zeros((len(lengths), width), dtype=bool)
     for row, (length, rng) in enumerate(zip(lengths, rngs, strict=True)):
         length = int(length)
-        if length <= 0:
+        if length < 2:
             continue
         span_here = min(span, length)
         starts_possible = length - span_here + 1
