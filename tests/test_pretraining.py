@@ -431,7 +431,7 @@ def test_continued_pretraining_of_an_xlsr_layout_checkpoint_loads_its_quantizer(
     saved = save_pretraining_network(
         folder, "wav2vec2", feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True
     )
-    overrides = ["pretraining@model=xlsr53", f"model.pretrained={folder}", "model.num_negatives=10", "logger=csv"]
+    overrides = ["pretraining=xlsr53", f"model.pretrained={folder}", "model.num_negatives=10", "logger=csv"]
     overrides += ["trainer.max_steps=2", "val_every_n_optimizer_steps=2", "data.batch_size=4"]
     cfg = pretrain_config(*overrides, model=[])
     module = instantiate(cfg.model)
