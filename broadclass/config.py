@@ -87,7 +87,7 @@ class DataSchema:
     _target_: str = MISSING
     _convert_: str = MISSING
     labels: Any = MISSING
-    categories: list[Any] | None = MISSING
+    categories: list[Any] | None = MISSING  # null (with labels null): unlabeled audio
     train_manifest: Any = MISSING
     val_manifest: Any = MISSING
     test_manifest: Any = MISSING
@@ -126,6 +126,10 @@ def check_config(cfg: DictConfig, sections: Sequence[str] = tuple(SCHEMAS)) -> N
         raise ConfigError(f"required config values are not set (???): {', '.join(missing)}")
     if cfg.monitor.mode not in ("min", "max"):
         raise ConfigError(f"monitor.mode must be 'min' or 'max', got {cfg.monitor.mode!r}")
+    if "model" in sections and cfg.data.categories is None:
+        raise ConfigError(
+            "data.categories is null (unlabeled audio): training needs the utterance categories as {name, tag} pairs"
+        )
     if "model" in sections and not cfg.data.categories:
         raise ConfigError("data.categories is empty: list the utterance categories as {name, tag} pairs")
 

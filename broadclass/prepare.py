@@ -11,6 +11,10 @@ then train with ``paths.sets_dir=<that folder>``). SOURCE is one of:
   (:mod:`broadclass.data.hf_datasets`). Its audio (``Audio`` bytes or paths, or arrays) is written to
   ``OUT/audio/``. ``keep_splits=true`` makes one set of its own train/validation(/test) splits instead of
   speaker folds (no speaker column needed then).
+* with ``unlabeled=true``, a folder of audio files, for self-supervised pretraining: one manifest
+  ``OUT/unlabeled.jsonl`` (default OUT: ``data/unlabeled``) with ``id`` (the path under the folder),
+  ``audio_filepath`` and ``duration`` of every audio file; no phones, categories or speakers
+  (:mod:`broadclass.data.unlabeled`).
 * a TIMIT-style folder: every ``<utt>.phn`` (lines ``start end phone``) with its audio beside it
   (``<utt>.wav``, ``<utt>.WAV`` or ``<utt>.WAV.wav``); the speaker is the folder holding them. A
   ``<utt>.wrd`` beside it (TIMIT's word alignment) puts ``|`` between the words' phones. The category
@@ -35,6 +39,7 @@ Output::
     OUT/set<i>/test.jsonl              with test_share=
     OUT/set<i>/summary.md, .json       speakers, utterances, hours and utterances per category, per split
     OUT/audio/                         a dataset's audio, one file per utterance id
+    OUT/unlabeled.jsonl                with unlabeled=true, instead of all the above
 
 Every problem of every row (columns, fields, audio, phones eSpeak cannot say, phones with no broad
 class) is reported at once before anything is written: the report and exit status 1, a traceback only with
@@ -53,18 +58,26 @@ from broadclass.config import argument, parse_arguments, project_root
 from broadclass.data.manifest import ManifestError
 from broadclass.data.sets import DEFAULT_SETS, format_summary, locate_set, prepare_sets, suggest_tags
 from broadclass.data.sources import CorpusError
+from broadclass.data.unlabeled import prepare_unlabeled
 
 # Where paths.sets_dir points by default (conf/paths/default.yaml): <project>/data/sets.
 DEFAULT_OUT = project_root() / "data" / "sets"
+# Where unlabeled=true writes its manifest by default.
+DEFAULT_UNLABELED_OUT = project_root() / "data" / "unlabeled"
+# The arguments that only make sets of labeled utterances; unlabeled=true refuses them.
+SETS_ONLY = ("sets", "seed", "test_share", "category_map", "category_level", "labels", "columns", "phonemize")
 
 
 @dataclass
 class PrepareArguments:
     source: str = argument(
-        help="a JSONL/CSV manifest, a TIMIT-style folder, or a HuggingFace dataset (folder, file, hub id)",
+        help="a JSONL/CSV manifest, a TIMIT-style folder, a HuggingFace dataset (folder, file, hub id), "
+        "or with unlabeled=true a folder of audio files",
         positional=True,
     )
-    out: Path = argument(DEFAULT_OUT, "folder for set1/ … setK/")
+    out: Path | None = argument(
+        None, f"folder for set1/ … setK/ (null: {DEFAULT_OUT}), or for unlabeled.jsonl (null: {DEFAULT_UNLABELED_OUT})"
+    )
     sets: int | None = argument(None, f"number of sets = folds of speakers (null: {DEFAULT_SETS})")
     seed: int = argument(0, "seed of the speaker order")
     test_share: float = argument(0.0, "share held out as a common test split")
@@ -78,50 +91,78 @@ class PrepareArguments:
     )
     phonemize: str | None = argument(None, "phones from the text column with this eSpeak voice (en-us, es …)")
     keep_splits: bool = argument(False, "a dataset: one set of its own splits, no folds")
+    unlabeled: bool = argument(
+        False,
+        "a folder of audio files -> OUT/unlabeled.jsonl (id, audio_filepath, duration) for self-supervised "
+        "pretraining: no phones, categories or speakers; takes only out, check and debug",
+    )
     check: bool = argument(False, "then check every row as training will (broadclass.data.check)")
     debug: bool = argument(False, "show the traceback of an input error")
 
 
-def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> dict[str, dict]:
+def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> None:
     about = (
-        "Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK). "
-        "See the module docstring (python -m pydoc broadclass.prepare) for the input formats."
+        "Split a corpus into k speaker-disjoint, category-stratified sets (set1 … setK), or with unlabeled=true "
+        "list a folder of audio files as one manifest. See the module docstring (python -m pydoc "
+        "broadclass.prepare) for the input formats."
     )
     args = parse_arguments(PrepareArguments, argv, "python -m broadclass.prepare", about)
     try:
-        summaries = prepare_sets(
-            args.source,
-            args.out,
-            n_sets=args.sets,
-            seed=args.seed,
-            test_share=args.test_share,
-            category_map=args.category_map,
-            category_level=args.category_level,
-            labels=args.labels,
-            columns=args.columns,
-            phonemize=args.phonemize,
-            keep_splits=args.keep_splits,
-        )
+        if args.unlabeled:
+            manifests, check_arguments = _prepare_unlabeled(args, print_fn)
+        else:
+            manifests, check_arguments = _prepare_sets(args, print_fn)
     except (CorpusError, ManifestError) as err:
         if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    if args.check:
+        from broadclass.data.check import main as check
+
+        if check([*manifests, *check_arguments], print_fn):
+            raise SystemExit(1)
+
+
+def _prepare_unlabeled(args: PrepareArguments, print_fn: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The unlabeled manifest, written; returns it and the data check's arguments for it."""
+    defaults = PrepareArguments()
+    given = [f"{name}=" for name in (*SETS_ONLY, "keep_splits") if getattr(args, name) != getattr(defaults, name)]
+    if given:
+        raise CorpusError(f"unlabeled=true lists audio files, it makes no sets: drop {', '.join(given)}")
+    manifest = prepare_unlabeled(args.source, args.out or DEFAULT_UNLABELED_OUT)
+    rows = sum(1 for _ in manifest.open(encoding="utf-8"))
+    print_fn(f"{rows} audio file(s) listed in {manifest.resolve()}.")
+    return [str(manifest)], ["unlabeled=true"]
+
+
+def _prepare_sets(args: PrepareArguments, print_fn: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The sets, written and summarised; returns set 1's manifests (every row once) and the data check's
+    arguments for them."""
+    out = args.out or DEFAULT_OUT
+    summaries = prepare_sets(
+        args.source,
+        out,
+        n_sets=args.sets,
+        seed=args.seed,
+        test_share=args.test_share,
+        category_map=args.category_map,
+        category_level=args.category_level,
+        labels=args.labels,
+        columns=args.columns,
+        phonemize=args.phonemize,
+        keep_splits=args.keep_splits,
+    )
     for set_name, summary in summaries.items():
         print_fn(format_summary(set_name, summary))
     names = list(next(iter(next(iter(summaries.values())).values()))["categories"])
     tags = ", ".join(f"{{name: {name}, tag: {tag}}}" for name, tag in suggest_tags(names).items())
-    where = "" if args.out.resolve() == DEFAULT_OUT.resolve() else f" paths.sets_dir={args.out.resolve()}"
-    print_fn(f"Sets written to {args.out.resolve()}. Train on set 1 with the reference recipe:")
+    where = "" if out.resolve() == DEFAULT_OUT.resolve() else f" paths.sets_dir={out.resolve()}"
+    print_fn(f"Sets written to {out.resolve()}. Train on set 1 with the reference recipe:")
     print_fn(f"  python -m broadclass.train +experiment=onSet1{where} 'data.categories=[{tags}]'")
-    if args.check:  # set 1's splits hold every row once
-        from broadclass.data.check import main as check
-
-        manifests = [str(path) for path in locate_set(args.out, "set1").values()]
-        labels = args.labels or ("ipa" if args.phonemize else None)
-        if check([*manifests, f"data.categories=[{tags}]", *([f"labels={labels}"] if labels else [])], print_fn):
-            raise SystemExit(1)
-    return summaries
+    manifests = [str(path) for path in locate_set(out, "set1").values()]
+    labels = args.labels or ("ipa" if args.phonemize else None)
+    return manifests, [f"data.categories=[{tags}]", *([f"labels={labels}"] if labels else [])]
 
 
 if __name__ == "__main__":

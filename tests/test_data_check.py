@@ -260,3 +260,101 @@ def test_prepare_check_reports_rows_prepare_itself_accepts(tmp_path, demo_corpus
         prepare_main([str(source), "--out", str(tmp_path / "sets"), "--sets", "2", "--check"])
     out = capsys.readouterr().out
     assert "silent_audio (error, 1 row(s))" in out and "(id silent-one)" in out
+
+
+def broken_manifest(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """A manifest with one good row, the 9 kinds of bad row and 3 lines that are no row, and a clean validation
+    manifest; returns (train, validation, file:line → kind of every problem)."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    good = audio / "good.wav"
+    sf.write(good, noise(1.0), RATE)
+    sf.write(audio / "silent.wav", np.zeros(RATE, np.float32), RATE)
+    sf.write(audio / "empty.wav", np.zeros(0, np.float32), RATE)
+    sf.write(audio / "short.wav", noise(300 / RATE), RATE)
+    (audio / "corrupt.wav").write_bytes(np.random.default_rng(1).bytes(5000))
+    lines = [
+        (row(good, id="good", speaker="s1"), None),
+        (row(audio / "nowhere.wav", id="missing"), "missing_audio"),
+        ('{"audio_filepath": "good.wav", ', "broken_line"),  # not JSON
+        (row(audio / "corrupt.wav", id="corrupt"), "unreadable_audio"),
+        (["audio/good.wav", 1.0], "broken_line"),  # not an object
+        (row(audio / "empty.wav", id="empty"), "empty_audio"),
+        (row(audio / "silent.wav", id="silent"), "silent_audio"),
+        ({}, "broken_line"),  # no fields
+        (row(audio / "short.wav", id="short"), "too_short_for_encoder"),
+        (row(good, phones="k ж t", id="unknown-phone"), "unknown_phones"),
+        (row(good, phones="", id="empty-phones"), "empty_transcription"),
+        (row(good, category="robot", id="robot"), "unknown_category"),
+        (row(good, id="good"), "duplicate_id"),
+    ]
+    train_manifest = tmp_path / "train.jsonl"
+    train_manifest.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n" for line, _ in lines),
+        encoding="utf-8",
+    )
+    validation = write_manifest(tmp_path / "validation.jsonl", [row(good, id="val", speaker="s2")])
+    expected = {f"{train_manifest}:{n}": kind for n, (_, kind) in enumerate(lines, start=1) if kind is not None}
+    return train_manifest, validation, expected
+
+
+def test_lines_that_are_no_row_and_every_bad_row_are_reported_in_one_run_of_the_command(tmp_path):
+    train_manifest, validation, expected = broken_manifest(tmp_path)
+    assert len(expected) == 12
+    printed: list[str] = []
+    out = tmp_path / "report.json"
+    arguments = [str(train_manifest), str(validation), f"paths.root_dir={tmp_path}", *BAD_CORPUS, f"json={out}"]
+    assert main(arguments, print_fn=printed.append) == 1
+    (text,) = printed
+    for source, kind in expected.items():
+        assert f"\n  {source}" in text, (source, kind)
+    assert "Data check of train 13, validation 1 rows: 12 row(s) with errors." in text
+    found = {p["source"]: kind for kind, problems in json.loads(out.read_text())["problems"].items() for p in problems}
+    assert found == expected
+
+
+def test_training_setup_stops_with_one_error_listing_the_broken_lines_and_every_bad_row(train_config, tmp_path):
+    train_manifest, validation, expected = broken_manifest(tmp_path)
+    cfg = train_config(f"data.train_manifest={train_manifest}", f"data.val_manifest={validation}", *BAD_CORPUS)
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(DataCheckError) as raised:
+        datamodule.setup("fit")
+    assert {p.source: p.kind for p in raised.value.report.problems} == expected
+    assert all(f"\n  {source}" in str(raised.value) for source in expected)
+    assert "broken_line (error, 3 row(s))" in str(raised.value)
+
+
+def test_skip_mode_drops_the_broken_lines_with_the_bad_rows(train_config, tmp_path):
+    train_manifest, validation, expected = broken_manifest(tmp_path)
+    cfg = train_config(
+        f"data.train_manifest={train_manifest}", f"data.val_manifest={validation}", "data.on_error=skip", *BAD_CORPUS
+    )
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    assert [r["id"] for r in datamodule.datasets["train"].rows] == ["good"]
+    assert datamodule.check_report.bad_sources() == set(expected)
+
+
+def test_a_missing_manifest_is_reported_with_the_problems_of_the_others(tmp_path):
+    train_manifest, _, expected = broken_manifest(tmp_path)
+    printed: list[str] = []
+    nowhere = tmp_path / "validation.jsonl"
+    nowhere.unlink()
+    assert main([str(train_manifest), str(nowhere), f"paths.root_dir={tmp_path}", *BAD_CORPUS], printed.append) == 1
+    assert "unusable_manifest (error, 1 row(s))" in printed[0]
+    assert f"  {nowhere}: manifest not found" in printed[0]
+    assert all(f"\n  {source}" in printed[0] for source in expected)
+
+
+def test_the_command_checks_unlabeled_audio_without_the_label_checks(tmp_path):
+    train_manifest, validation, expected = broken_manifest(tmp_path)
+    out = tmp_path / "report.json"
+    arguments = [str(train_manifest), str(validation), f"paths.root_dir={tmp_path}", "unlabeled=true", f"json={out}"]
+    assert main(arguments, print_fn=lambda line: None) == 1
+    found = {p["source"]: kind for kind, problems in json.loads(out.read_text())["problems"].items() for p in problems}
+    label_kinds = {"unknown_phones", "empty_transcription", "unknown_category"}
+    assert found == {source: kind for source, kind in expected.items() if kind not in label_kinds}
+    # Audio alone passes: rows without phones, category or duration.
+    clean = write_manifest(tmp_path / "clean.jsonl", [{"id": "a", "audio_filepath": "audio/good.wav"}])
+    assert main([str(clean), f"paths.root_dir={tmp_path}", "unlabeled=true"], print_fn=lambda line: None) == 0
+    assert main([str(clean), f"paths.root_dir={tmp_path}"], print_fn=lambda line: None) == 1  # labeled: no phones

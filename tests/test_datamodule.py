@@ -1,9 +1,15 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from broadclass.data.check import DataCheckError
 from broadclass.data.datamodule import LengthBucketBatchSampler, collate
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
+from tests.conftest import compose_config
 
 
 def item(n_samples: int, labels: list[int], category: int = 0) -> dict:
@@ -138,3 +144,88 @@ def test_speed_perturbation_must_be_positive_factors(train_config):
 
     with pytest.raises(InstantiationException, match="positive speed factors"):
         instantiate(train_config("data.speed_perturbation=[0.0,1.0]").data)
+
+
+# ---- unlabeled audio (self-supervised pretraining) ---------------------------------------------------------------
+def unlabeled_manifests(tmp_path: Path) -> dict[str, Path]:
+    """Audio-only manifests: ids and paths, a duration on one row only (the others come from the header)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, seconds in enumerate((0.5, 1.0, 1.5, 2.0)):
+        path = tmp_path / "audio" / f"u{i}.wav"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, (0.1 * rng.standard_normal(int(22_050 * seconds))).astype(np.float32), 22_050)
+        rows.append({"id": f"u{i}", "audio_filepath": f"audio/u{i}.wav"} | ({"duration": seconds} if i == 0 else {}))
+    return {
+        "train": write_manifest(tmp_path / "train.jsonl", rows[:3]),
+        "validation": write_manifest(tmp_path / "validation.jsonl", rows[3:]),
+    }
+
+
+def unlabeled(tmp_path: Path, *overrides: str):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(tmp_path, ["data.labels=null", "data.categories=null", "data.batch_size=3", *overrides])
+    return instantiate(cfg.data)
+
+
+def test_unlabeled_audio_gives_batches_of_audio_and_ids_without_labels(tmp_path):
+    manifests = unlabeled_manifests(tmp_path)
+    datamodule = unlabeled(
+        tmp_path,
+        "data=manifest",
+        f"data.train_manifest={manifests['train']}",
+        f"data.val_manifest={manifests['validation']}",
+    )
+    datamodule.setup("fit")
+    assert datamodule.label_map is None and datamodule.check_report.ok
+    assert datamodule.datasets["train"].durations == [0.5, 1.0, 1.5]  # two read from the headers
+    assert set(datamodule.datasets["train"][1]) == {"input_values", "id"}
+    (batch,) = list(datamodule.train_dataloader())
+    assert set(batch) == {"input_values", "attention_mask", "ids"}
+    assert sorted(batch["ids"]) == ["u0", "u1", "u2"]
+    lengths = dict(zip(batch["ids"], batch["attention_mask"].sum(-1).tolist(), strict=True))
+    assert lengths == {"u0": 8000, "u1": 16000, "u2": 24000}  # resampled to 16 kHz
+    (batch,) = list(datamodule.val_dataloader())
+    assert batch["ids"] == ["u3"] and batch["attention_mask"].sum().item() == 32000
+
+
+def test_unlabeled_audio_is_checked_like_labeled_audio_in_one_report(tmp_path):
+    manifests = unlabeled_manifests(tmp_path)
+    sf.write(tmp_path / "audio" / "silent.wav", np.zeros(16_000, np.float32), 16_000)
+    lines = manifests["train"].read_text(encoding="utf-8").splitlines()
+    lines += [
+        json.dumps({"id": "silent", "audio_filepath": "audio/silent.wav", "category": "robot", "phones": "ж"}),
+        json.dumps({"id": "u0", "audio_filepath": "audio/u1.wav"}),
+        json.dumps({"id": "gone", "audio_filepath": "audio/gone.wav"}),
+        json.dumps({"id": "no-audio"}),
+    ]
+    manifests["train"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    datamodule = unlabeled(
+        tmp_path,
+        "data=manifest",
+        f"data.train_manifest={manifests['train']}",
+        f"data.val_manifest={manifests['validation']}",
+    )
+    with pytest.raises(DataCheckError) as raised:
+        datamodule.setup("fit")
+    found = {(p.source.rsplit(":", 1)[1], p.kind) for p in raised.value.report.problems}
+    # The silent row's unknown category and phones are no problem of unlabeled audio.
+    assert found == {("4", "silent_audio"), ("5", "duplicate_id"), ("6", "missing_audio"), ("7", "broken_line")}
+    assert "missing field(s) audio_filepath" in str(raised.value)
+
+
+def test_the_demo_corpus_serves_as_unlabeled_audio(tmp_path):
+    datamodule = unlabeled(tmp_path, "data=demo", "data.manifests_from.n_train=4", "data.manifests_from.n_val=4")
+    datamodule.setup("fit")
+    assert datamodule.label_map is None
+    assert len(datamodule.datasets["train"]) == 4 and len(datamodule.datasets["validation"]) == 4
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch) == {"input_values", "attention_mask", "ids"} and len(batch["ids"]) == 3
+
+
+def test_labels_and_categories_are_null_together_or_not_at_all(tmp_path):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(InstantiationException, match="both null"):
+        unlabeled(tmp_path, "data.categories=[{name: a, tag: a}]")

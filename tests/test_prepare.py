@@ -271,3 +271,49 @@ def test_dropped_class_leaves_transcriptions_and_vocabulary():
 def test_drop_must_name_a_class():
     with pytest.raises(ValueError, match=r"labels.drop must name classes .* got \['pause'\]"):
         label_map("timit61", drop=["pause"])
+
+
+# ---- unlabeled audio ----------------------------------------------------------------------------------------------
+def test_a_folder_of_audio_becomes_one_unlabeled_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROADCLASS_ROOT", str(tmp_path))  # the check's audio cache goes under the project root
+    folder = tmp_path / "recordings"
+    write_wav(folder / "b.wav", 0.5)
+    write_wav(folder / "day2" / "a.FLAC", 1.5, rate=22_050, channels=2)
+    (folder / "notes.txt").write_text("not audio, left alone\n")
+    printed: list[str] = []
+    main([str(folder), "unlabeled=true", f"out={tmp_path / 'out'}", "check=true"], print_fn=printed.append)
+    manifest = tmp_path / "out" / "unlabeled.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    assert rows == [
+        {"id": "b.wav", "audio_filepath": str((folder / "b.wav").resolve()), "duration": 0.5},
+        {"id": "day2/a.FLAC", "audio_filepath": str((folder / "day2" / "a.FLAC").resolve()), "duration": 1.5},
+    ]
+    assert printed[0] == f"2 audio file(s) listed in {manifest.resolve()}."
+    assert printed[1].startswith("Data check: no problems in unlabeled 2 rows.")
+
+
+def test_every_unusable_audio_file_is_reported_at_once_and_nothing_is_written(tmp_path, capsys):
+    folder = tmp_path / "recordings"
+    write_wav(folder / "good.wav", 0.5)
+    sf.write(folder / "empty.wav", np.zeros(0, np.float32), 16_000)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "broken.flac").write_bytes(b"fLaC and then nothing that decodes")
+    with pytest.raises(SystemExit) as raised:
+        main([str(folder), "unlabeled=true", f"out={tmp_path / 'out'}"])
+    assert raised.value.code == 1
+    err = capsys.readouterr().err
+    assert "2 audio file(s) cannot be used" in err and "Traceback" not in err
+    assert f"audio file has no samples: {folder / 'empty.wav'}" in err
+    assert f"cannot decode audio file {folder / 'sub' / 'broken.flac'}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unlabeled_refuses_the_arguments_of_labeled_sets(tmp_path, capsys):
+    write_wav(tmp_path / "recordings" / "a.wav", 0.5)
+    with pytest.raises(SystemExit) as raised:
+        main([str(tmp_path / "recordings"), "unlabeled=true", "sets=3", "labels=ipa", f"out={tmp_path / 'out'}"])
+    assert raised.value.code == 1
+    assert "unlabeled=true lists audio files, it makes no sets: drop sets=, labels=" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "recordings" / "a.wav"), "unlabeled=true", f"out={tmp_path / 'out'}"])
+    assert "takes a folder of audio files" in capsys.readouterr().err

@@ -42,6 +42,19 @@ def test_every_experiment_composes_and_passes_the_schema(tmp_path, experiment):
     OmegaConf.to_container(cfg.trainer, resolve=True)
 
 
+def test_the_accent_demo_is_the_demo_recipe_with_accents_as_categories(tmp_path):
+    demo = compose_config(tmp_path, ["+experiment=demo"])
+    cfg = compose_config(
+        tmp_path, ["+experiment=demo_accent", "data.manifests_from.n_train=4", "data.manifests_from.n_val=4"]
+    )
+    assert cfg.experiment_name == "demo_accent"
+    assert [c.name for c in cfg.data.categories] == ["us", "gb", "scotland", "caribbean"]
+    assert (cfg.model, cfg.trainer, cfg.monitor) == (demo.model, demo.trainer, demo.monitor)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # a corpus synthesized with accents as its categories, checked against them
+    assert {row["category"] for row in datamodule.datasets["train"].rows} == {"us", "gb", "scotland", "caribbean"}
+
+
 def test_schema_rejects_a_wrong_type_with_the_section_named(tmp_path):
     cfg = compose_config(tmp_path, ["+experiment=demo", "model.lr=fast"])
     with pytest.raises(ConfigError, match="section 'model'"):

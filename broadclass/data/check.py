@@ -1,8 +1,11 @@
 """Check manifests before training: every row that would waste or break a run, reported by kind.
 
-``check_splits`` looks at every row of every split once and returns a :class:`DataReport` naming each
-problem row (``file:line``, id, what is wrong). The datamodule runs it in ``setup``, so every way into
-training gets it; ``data.on_error=raise`` stops there with the whole report, ``skip`` drops the rows.
+``check_manifests`` reads every split's manifest and looks at every row once: it returns the rows and a
+:class:`DataReport` naming each problem (``file:line``, id, what is wrong), the lines that are no row (not
+JSON, a field missing …) with the problems of the rows that are, so one run reports everything. The datamodule
+runs it in ``setup``, so every way into training gets it; ``data.on_error=raise`` stops there with the whole
+report, ``skip`` drops the rows. Without labels (``labels=None``: unlabeled audio for self-supervised
+pretraining) rows need only ``audio_filepath``, the audio checks run and the label checks do not.
 
 Audio is opened by its header first (:func:`broadclass.data.audio.read_header`: missing, unreadable, empty,
 too long), then decoded through the datamodule's :class:`AudioCache` (silent, non-finite, too short): the
@@ -29,10 +32,12 @@ from omegaconf import OmegaConf
 from broadclass.config import argument, extra_overrides, parse_arguments
 from broadclass.data.audio import AudioCache, AudioError, read_header
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
-from broadclass.data.manifest import ManifestError, listed, read_manifest
+from broadclass.data.manifest import REQUIRED_FIELDS, UNLABELED_FIELDS, parse_manifest
 
 # What each kind means, in report order.
 KINDS = {
+    "unusable_manifest": "manifest file not found, or with no line",
+    "broken_line": "manifest line that is no row: not JSON, not an object, a field missing or of the wrong type",
     "missing_audio": "audio file not found",
     "unreadable_audio": "audio file cannot be decoded",
     "empty_audio": "audio file has no samples",
@@ -132,7 +137,7 @@ class DataReport:
         for kind, found in self.by_kind().items():
             label = "warning" if kind in self.warn_only else "error"
             lines.append(f"{kind} ({label}, {len(found)} row(s)): {KINDS[kind]}")
-            lines += [f"  {p.source} (id {p.id}): {p.detail}" for p in found[:limit]]
+            lines += [f"  {p.source}{f' (id {p.id})' if p.id else ''}: {p.detail}" for p in found[:limit]]
             if len(found) > limit:
                 lines.append(f"  … {len(found) - limit} more")
         return "\n".join(lines)
@@ -151,6 +156,7 @@ class _Audio:
     kind: str | None  # None: usable
     detail: str = ""
     samples: int = 0
+    duration: float = 0.0  # seconds, from the header
 
 
 def inspect_audio(path: str, audio: AudioCache, max_duration: float | None = None) -> _Audio:
@@ -170,7 +176,7 @@ def inspect_audio(path: str, audio: AudioCache, max_duration: float | None = Non
     peak = float(np.abs(wave).max())
     if peak < SILENCE_PEAK:
         return _Audio("silent_audio", f"{path}: peak {peak:.2g}")
-    return _Audio(None, samples=len(wave))
+    return _Audio(None, samples=len(wave), duration=header.duration)
 
 
 def _labels_problem(row: dict, labels: LabelMap) -> tuple[str, str] | None:
@@ -189,6 +195,22 @@ def ctc_frames_needed(tokens: Sequence[object]) -> int:
     return len(tokens) + sum(a == b for a, b in zip(tokens[:-1], tokens[1:], strict=True))
 
 
+def read_splits(
+    manifests: Mapping[str, str | Path], labeled: bool = True
+) -> tuple[dict[str, list[dict]], list[Problem]]:
+    """The rows of each split's manifest, and a ``broken_line`` problem for every line that is no row
+    (``unusable_manifest`` for a manifest missing or without lines). ``labeled``: rows need phones and a
+    category (else only ``audio_filepath``)."""
+    splits: dict[str, list[dict]] = {}
+    problems: list[Problem] = []
+    for split, path in manifests.items():
+        splits[split], unread = parse_manifest(path, REQUIRED_FIELDS if labeled else UNLABELED_FIELDS)
+        for line in unread:
+            kind = "unusable_manifest" if line.source == str(path) else "broken_line"
+            problems.append(Problem(kind, split, line.source, line.id, line.detail))
+    return splits, problems
+
+
 def check_splits(
     splits: Mapping[str, Sequence[dict]],
     labels: LabelMap | None,
@@ -197,11 +219,15 @@ def check_splits(
     allow_speaker_overlap: bool = False,
     workers: int | None = None,
     max_duration: float | None = None,
+    unread: Sequence[Problem] = (),
 ) -> DataReport:
-    """Every problem of every row of ``splits`` (split name → rows from ``read_manifest``); audio longer than
-    ``max_duration`` seconds (None: no limit) is an error."""
+    """Every problem of every row of ``splits`` (split name → rows from ``parse_manifest``), after the
+    ``unread`` problems of their manifests' lines (:func:`read_splits`); audio longer than ``max_duration``
+    seconds (None: no limit) is an error. ``labels`` None: unlabeled audio, whose rows are not label-checked;
+    a row without a ``duration`` gets its audio header's."""
     report = DataReport(
-        rows={split: len(rows) for split, rows in splits.items()},
+        rows={split: len(rows) + len({p.source for p in unread if p.split == split}) for split, rows in splits.items()},
+        problems=list(unread),
         warn_only=frozenset({"speaker_overlap"} if allow_speaker_overlap else ()),
     )
 
@@ -220,10 +246,12 @@ def check_splits(
             frames = encoder.frames(found.samples)
             if found.kind is not None:
                 add(found.kind, split, row, found.detail)
-            elif frames == 0:
-                detail = f"{found.samples} samples < receptive field {encoder.receptive_field}"
-                add("too_short_for_encoder", split, row, detail)
-            label_problem = _labels_problem(row, labels) if labels is not None else None  # None: audio only
+            else:
+                row.setdefault("duration", round(found.duration, 6))
+                if frames == 0:
+                    detail = f"{found.samples} samples < receptive field {encoder.receptive_field}"
+                    add("too_short_for_encoder", split, row, detail)
+            label_problem = _labels_problem(row, labels) if labels is not None else None
             if label_problem is not None:
                 add(label_problem[0], split, row, label_problem[1])
             elif labels is not None and frames > 0:
@@ -239,6 +267,23 @@ def check_splits(
             if split in EVALUATION_SPLITS and speaker is not None and str(speaker) in train_speakers:
                 add("speaker_overlap", split, row, f"speaker {speaker!r} is also in train")
     return report
+
+
+def check_manifests(
+    manifests: Mapping[str, str | Path],
+    labels: LabelMap | None,
+    audio: AudioCache,
+    encoder: EncoderGeometry = EncoderGeometry(),
+    allow_speaker_overlap: bool = False,
+    max_duration: float | None = None,
+) -> tuple[dict[str, list[dict]], DataReport]:
+    """The rows of every split's manifest and one report of every problem of their lines and rows
+    (:func:`read_splits`, then :func:`check_splits`); ``labels`` None: unlabeled audio."""
+    splits, unread = read_splits(manifests, labeled=labels is not None)
+    report = check_splits(
+        splits, labels, audio, encoder, allow_speaker_overlap, max_duration=max_duration, unread=unread
+    )
+    return splits, report
 
 
 def apply_report(splits: Mapping[str, Sequence[dict]], report: DataReport, on_error: str) -> dict[str, list[dict]]:
@@ -285,7 +330,11 @@ class CheckArguments:
     overrides: list[str] = extra_overrides("Hydra overrides of the training config (data.max_duration=null …)")
     json: Path | None = argument(None, "also write the report as JSON")
     labels: str | None = argument(None, "label config: a name in conf/labels/ or a YAML file (default: the config's)")
-    debug: bool = argument(False, "show the traceback of a manifest error")
+    unlabeled: bool = argument(
+        False,
+        "check as unlabeled audio (self-supervised pretraining): rows need only audio_filepath (duration from the "
+        "header when missing); the audio checks run, the label checks (phones, category) do not",
+    )
 
 
 def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
@@ -300,26 +349,18 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
     if args.labels is not None and not from_file:
         overrides.append(f"labels={args.labels}")
     cfg = _compose(overrides)
-    labels = LabelMap.from_config(OmegaConf.load(args.labels) if from_file else cfg.data.labels, cfg.data.categories)
+    labels = None
+    if not args.unlabeled:
+        label_config = OmegaConf.load(args.labels) if from_file else cfg.data.labels
+        labels = LabelMap.from_config(label_config, cfg.data.categories)
     conv = cfg.model.get("config") or {}
     encoder = (
         EncoderGeometry(tuple(conv.conv_kernel), tuple(conv.conv_stride))
         if "conv_kernel" in conv and "conv_stride" in conv
         else EncoderGeometry()
     )
-    splits, unreadable = {}, []
-    for split, path in (manifests or _config_manifests(cfg)).items():
-        try:
-            splits[split] = read_manifest(path)
-        except ManifestError as err:
-            if args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            unreadable += err.problems
-    if unreadable:  # every line of every manifest that is no row, before any row is checked
-        print_fn("Data check: " + listed(unreadable, "manifest problem(s), fix them first", limit=1000))
-        return 1
-    report = check_splits(
-        splits,
+    _, report = check_manifests(
+        manifests or _config_manifests(cfg),
         labels,
         AudioCache(cfg.data.get("cache_dir"), cfg.data.sample_rate),
         encoder,

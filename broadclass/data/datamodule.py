@@ -1,4 +1,8 @@
-"""LightningDataModule: manifests → length-bucketed, padded batches."""
+"""LightningDataModule: manifests → length-bucketed, padded batches.
+
+Labeled (a label config and categories) for fine-tuning with CTC; or unlabeled audio (``labels`` and
+``categories`` None) for self-supervised pretraining, whose items and batches carry the audio and the ids only.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +18,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from broadclass.data.audio import AudioCache, change_speed, normalize
-from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_splits
+from broadclass.data.check import DataReport, EncoderGeometry, apply_report, check_manifests
 from broadclass.data.labels import LabelMap
-from broadclass.data.manifest import AUDIO_FIELDS, REQUIRED_FIELDS, read_manifest
 
 log = logging.getLogger(__name__)
 
 
 class UtteranceDataset(Dataset):
-    """Items are dicts: normalised 16 kHz waveform, utterance id, and with labels its token ids and category
-    index (``labels`` None: audio only, for self-supervised pretraining)."""
+    """Items are dicts: normalised 16 kHz waveform and utterance id; with ``labels``, also the token ids,
+    category index and speaker (without: unlabeled audio)."""
 
     def __init__(self, rows: Sequence[dict], labels: LabelMap | None, audio: AudioCache):
-        # Rows come checked (broadclass.data.check, run by the datamodule's setup).
+        # Rows come checked (broadclass.data.check, run by the datamodule's setup), every one with a duration.
         self.rows = list(rows)
         self.audio = audio
         self.labeled = labels is not None
-        self.targets = [labels.encode(row["phones"], row["category"]) for row in self.rows] if labels else []
-        self.categories = [labels.category_index(row["category"]) for row in self.rows] if labels else []
+        if self.labeled:
+            self.targets = [labels.encode(row["phones"], row["category"]) for row in self.rows]
+            self.categories = [labels.category_index(row["category"]) for row in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -45,9 +49,9 @@ class UtteranceDataset(Dataset):
         index, speed = item if isinstance(item, tuple) else (item, 1.0)
         row = self.rows[index]
         wave = change_speed(self.audio.load(row["audio_filepath"]), speed, self.audio.sample_rate)
-        item = {"input_values": normalize(wave), "id": row["id"], "speaker": row.get("speaker")}
+        item = {"input_values": normalize(wave), "id": row["id"]}
         if self.labeled:
-            item.update(labels=self.targets[index], category=self.categories[index])
+            item |= {"labels": self.targets[index], "category": self.categories[index], "speaker": row.get("speaker")}
         return item
 
 
@@ -179,11 +183,11 @@ def pad_waves(waves: Sequence[np.ndarray], lengths_per_octave: int = 0) -> tuple
 
 
 def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
-    """Pad audio with zeros (:func:`pad_waves`) and labels, where items have them, with -100."""
+    """Pad audio with zeros (:func:`pad_waves`) and labels with -100; items without labels (unlabeled audio)
+    give the audio, its attention mask and the ids only."""
     audio, mask = pad_waves([item["input_values"] for item in items], lengths_per_octave)
-    ids, speakers = [item["id"] for item in items], [item.get("speaker") for item in items]
     if "labels" not in items[0]:
-        return {"input_values": audio, "attention_mask": mask, "ids": ids, "speakers": speakers}
+        return {"input_values": audio, "attention_mask": mask, "ids": [item["id"] for item in items]}
     label_lengths = torch.tensor([len(item["labels"]) for item in items])
     labels = torch.full((len(items), max(int(label_lengths.max()), 1)), -100, dtype=torch.long)
     for i, item in enumerate(items):
@@ -194,8 +198,8 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
         "labels": labels,
         "label_lengths": label_lengths,
         "categories": torch.tensor([item["category"] for item in items]),
-        "ids": ids,
-        "speakers": speakers,
+        "ids": [item["id"] for item in items],
+        "speakers": [item.get("speaker") for item in items],
     }
 
 
@@ -204,12 +208,14 @@ class BroadClassDataModule(pl.LightningDataModule):
 
     ``manifests_from`` (optional) gives the manifests that are made, not given (the demo synthesiser, a set
     folder); it runs once, in ``prepare_data``, and returns a mapping of split name to manifest path.
+    ``labels`` and ``categories`` both None: unlabeled audio (``label_map`` None), rows need only
+    ``audio_filepath`` and the label checks are skipped.
     """
 
     def __init__(
         self,
-        labels: Mapping,
-        categories: Sequence[Mapping],
+        labels: Mapping | None,
+        categories: Sequence[Mapping] | None,
         train_manifest: str | None = None,
         val_manifest: str | None = None,
         test_manifest: str | None = None,
@@ -234,7 +240,12 @@ class BroadClassDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.padded_lengths_per_octave must be 0 or a power of two, got {padded_lengths_per_octave}"
             )
-        # None (data.labels=null): audio without transcriptions, for self-supervised pretraining.
+        if (labels is None) != (categories is None):
+            raise ValueError(
+                "data.labels and data.categories are both set (labeled utterances) or both null (unlabeled audio); "
+                f"got data.labels={'null' if labels is None else 'set'}, "
+                f"data.categories={'null' if categories is None else 'set'}"
+            )
         self.label_map = LabelMap.from_config(labels, categories) if labels is not None else None
         self.manifests = {"train": train_manifest, "validation": val_manifest, "test": test_manifest}
         self.manifests_from = manifests_from
@@ -264,22 +275,21 @@ class BroadClassDataModule(pl.LightningDataModule):
             # prepare_data runs on rank 0 only; other ranks (and direct setup() calls) still need paths.
             self.prepare_data()
         paths = {split: path for split, path in self.manifests.items() if path and split not in self.datasets}
-        required = REQUIRED_FIELDS if self.label_map is not None else AUDIO_FIELDS
-        todo = {split: read_manifest(path, required) for split, path in paths.items()}
-        if todo:
-            for split, rows in self._checked(todo).items():
+        if paths:
+            for split, rows in self._checked(paths).items():
                 self.datasets[split] = UtteranceDataset(rows, self.label_map, self.audio)
         if stage in ("fit", None) and "train" not in self.datasets:
             raise ValueError("data.train_manifest is not set and data.manifests_from gave none")
 
-    def _checked(self, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
-        """Every row checked before any training (broadclass.data.check). The report stays in ``check_report``
-        (broadclass.tracking.callbacks.DataCheckLog puts it on the MLflow run)."""
+    def _checked(self, manifests: dict[str, str]) -> dict[str, list[dict]]:
+        """Every line and row of the manifests checked before any training (broadclass.data.check), all in one
+        report. It stays in ``check_report`` (broadclass.tracking.callbacks.DataCheckLog puts it on the MLflow
+        run)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         net = getattr(module, "net", None)
         encoder = EncoderGeometry.of(net.config) if net is not None else EncoderGeometry()
-        self.check_report = check_splits(
-            splits,
+        splits, self.check_report = check_manifests(
+            manifests,
             self.label_map,
             self.audio,
             encoder,

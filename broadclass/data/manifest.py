@@ -2,10 +2,12 @@
 
 Required fields: ``audio_filepath`` (absolute, or relative to the manifest's folder), ``duration``
 (seconds), ``phones`` (phone units separated by spaces, ``|`` between words) and ``category``.
-Optional: ``id`` (defaults to ``<manifest stem>-<line>``), ``speaker``, ``text``.
+Optional: ``id`` (defaults to ``<manifest stem>-<line>``), ``speaker``, ``text``. Unlabeled audio (for
+self-supervised pretraining) needs only ``audio_filepath`` (:data:`UNLABELED_FIELDS`).
 
-:func:`read_manifest` reads the whole file before it judges it: every line that is not JSON, not an
-object, lacks a field or has a field of the wrong type is named in one :class:`ManifestError`.
+:func:`parse_manifest` reads the whole file and returns its rows with a :class:`LineProblem` for every line
+that is no row (not JSON, not an object, a field missing or of the wrong type), so a caller can report those
+with the problems of the rows; :func:`read_manifest` raises them as one :class:`ManifestError` instead.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "phones", "category")
-# What a row of audio without transcriptions needs (self-supervised pretraining).
-AUDIO_FIELDS = ("audio_filepath", "duration")
+# Unlabeled audio: the duration, when missing, is read from the audio header (broadclass.data.check).
+UNLABELED_FIELDS = ("audio_filepath",)
 # The JSON type every known field must have when present; ids and speakers may be numbers (LibriSpeech).
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "audio_filepath": (str,),
@@ -52,7 +55,8 @@ def listed(problems: Sequence[str], what: str, limit: int = MAX_LISTED) -> str:
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line number, object, problem) of each non-blank line: the object, or None and what is wrong."""
+    """(line number, object, problem) of each non-blank line: the object, or None and what is wrong with the
+    line (without its place)."""
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -60,15 +64,15 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                yield line_no, None, f"{path}:{line_no}: not valid JSON ({err.msg})"
+                yield line_no, None, f"not valid JSON ({err.msg})"
                 continue
             if not isinstance(row, dict):
-                yield line_no, None, f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}"
+                yield line_no, None, f"expected a JSON object, got {type(row).__name__}"
                 continue
             yield line_no, row, None
 
 
-def field_type_problems(row: Mapping, where: str) -> list[str]:
+def field_type_problems(row: Mapping) -> list[str]:
     """Known fields of ``row`` whose value has the wrong JSON type (a bool is no number)."""
     problems = []
     for key, types in FIELD_TYPES.items():
@@ -77,32 +81,47 @@ def field_type_problems(row: Mapping, where: str) -> list[str]:
             continue
         if isinstance(value, bool) or not isinstance(value, types):
             expected = " or ".join(TYPE_NAMES[t] for t in types)
-            problems.append(f"{where}: {key} {value!r} is {type(value).__name__}, expected {expected}")
+            problems.append(f"{key} {value!r} is {type(value).__name__}, expected {expected}")
         elif key == "duration" and not (math.isfinite(value) and value >= 0):
-            problems.append(f"{where}: duration {value!r} is not a finite number of seconds >= 0")
+            problems.append(f"duration {value!r} is not a finite number of seconds >= 0")
     return problems
 
 
-def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
-    """Rows of a JSONL manifest with ``audio_filepath`` made absolute and an ``id`` on every row.
+@dataclass(frozen=True)
+class LineProblem:
+    """A manifest line that is no row, or a manifest with none: where (``file:line``, or the file) and what."""
 
-    ``required``: the fields every row must have (prediction needs only ``audio_filepath``). Raises one
-    :class:`ManifestError` naming every bad line."""
+    source: str
+    detail: str
+    id: str = ""  # the line's own id, when it has one
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.detail}"
+
+
+def parse_manifest(path: str | Path, required: Sequence[str] = REQUIRED_FIELDS) -> tuple[list[dict], list[LineProblem]]:
+    """Rows of a JSONL manifest with ``audio_filepath`` made absolute, an ``id`` on every row and ``_source``
+    (``file:line``); and a :class:`LineProblem` for every line that is no row, and for a manifest that is
+    missing or has no line at all.
+
+    ``required``: the fields every row must have (prediction and unlabeled audio need only ``audio_filepath``)."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
+        return [], [LineProblem(str(path), "manifest not found")]
     rows: list[dict] = []
-    problems: list[str] = []
+    problems: list[LineProblem] = []
     for line_no, row, problem in jsonl_lines(path):
         where = f"{path}:{line_no}"
         if row is None:
-            problems.append(problem)
+            problems.append(LineProblem(where, problem))
             continue
+        row_id = row.get("id")
+        row_id = str(row_id) if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else ""
         missing = [key for key in required if row.get(key) is None]
         if missing:
-            problems.append(f"{where}: missing field(s) {', '.join(missing)}")
-        wrong_types = field_type_problems(row, where)
-        problems += wrong_types
+            problems.append(LineProblem(where, f"missing field(s) {', '.join(missing)}", row_id))
+        wrong_types = field_type_problems(row)
+        problems += [LineProblem(where, detail, row_id) for detail in wrong_types]
         if missing or wrong_types:
             continue
         if "duration" in row:
@@ -112,10 +131,16 @@ def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_FIELDS) -
         row.setdefault("id", f"{path.stem}-{line_no}")
         row["_source"] = where
         rows.append(row)
+    if not rows and not problems:
+        problems.append(LineProblem(str(path), "manifest is empty"))
+    return rows, problems
+
+
+def read_manifest(path: str | Path, required: Sequence[str] = REQUIRED_FIELDS) -> list[dict]:
+    """The rows of :func:`parse_manifest`; one :class:`ManifestError` naming every line that is no row."""
+    rows, problems = parse_manifest(path, required)
     if problems:
-        raise ManifestError(problems, f"problem(s) in {path}")
-    if not rows:
-        raise ManifestError(f"manifest is empty: {path}")
+        raise ManifestError([str(p) for p in problems], f"problem(s) in {path}")
     return rows
 
 

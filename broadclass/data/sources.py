@@ -151,7 +151,7 @@ def read_table(path: Path) -> Table:
     seen: dict[str, None] = {}
     for line_no, record, problem in jsonl_lines(path):
         if record is None:
-            table.problems.append(problem)
+            table.problems.append(f"{path}:{line_no}: {problem}")
             continue
         seen.update(dict.fromkeys(record))
         table.records.append((line_no, record))
