@@ -352,8 +352,9 @@ def ctc_module(cfg):
     return instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
 
 
-def check_encoder_from(network, pretraining_weights: dict[str, torch.Tensor]) -> None:
-    """The CTC network's encoder is the pretraining network's, bit for bit; its head is new; no quantizer."""
+def check_encoder_from(network, pretraining_weights: dict[str, torch.Tensor], frozen: bool) -> None:
+    """The CTC network's encoder is the pretraining network's, bit for bit; its head is new; no quantizer; the
+    feature encoder frozen as the config says."""
     base = network.base_model_prefix  # wav2vec2_conformer
     ctc = network.state_dict()
     encoder = {k: v for k, v in pretraining_weights.items() if k.startswith(f"{base}.")}
@@ -364,8 +365,7 @@ def check_encoder_from(network, pretraining_weights: dict[str, torch.Tensor]) ->
     assert heads and all(k.startswith("lm_head.") for k in heads), heads
     assert not any(k.startswith("lm_head.") for k in pretraining_weights)
     assert any(k.startswith(("quantizer.", "project_q.", "project_hid.")) for k in pretraining_weights)
-    # freeze_feature_encoder: true in the recipe
-    assert all(not p.requires_grad for p in network.base_model.feature_extractor.parameters())
+    assert all(p.requires_grad != frozen for p in network.base_model.feature_extractor.parameters())
     assert any(p.requires_grad for p in network.base_model.encoder.parameters())
 
 
@@ -378,7 +378,9 @@ def test_the_encoder_folder_fine_tunes_with_train_and_tags_the_pretraining_run(p
     assert all(torch.equal(best[k], v) for k, v in load_file(folder / "model.safetensors").items())
     uri = pretrained_run["cfg"].logger.mlflow.tracking_uri
     cfg = fine_tune_config(tmp_path / "folder", demo_corpus, str(folder), uri)
-    check_encoder_from(ctc_module(cfg).net, best)
+    check_encoder_from(ctc_module(cfg).net, best, frozen=False)  # the recipe trains everything
+    frozen = fine_tune_config(tmp_path / "frozen", demo_corpus, str(folder), uri, "model.freeze_feature_encoder=true")
+    check_encoder_from(ctc_module(frozen).net, best, frozen=True)
 
     train(fine_tune_config(tmp_path / "folder", demo_corpus, str(folder), uri))
     client = MlflowClient(uri)
@@ -394,7 +396,7 @@ def test_the_encoder_folder_fine_tunes_with_train_and_tags_the_pretraining_run(p
     model_uri = client.get_run(pretraining_run.run_id).data.tags["encoder/model_uri"]
     assert model_uri.startswith("models:/")
     cfg = fine_tune_config(tmp_path / "models", demo_corpus, model_uri, uri)
-    check_encoder_from(ctc_module(cfg).net, best)
+    check_encoder_from(ctc_module(cfg).net, best, frozen=False)
     assert Path(cfg.model.pretrained).is_dir() and Path(cfg.model.pretrained) != folder
 
 
@@ -498,7 +500,7 @@ def test_a_folder_brings_its_own_architecture_and_takes_training_time_keys(layer
     folder, saved = layer_norm_folder
     cfg = fine_tune_config(tmp_path, demo_corpus, str(folder), "sqlite:///:memory:", "model.config.hidden_dropout=0.2")
     network = ctc_module(cfg).net
-    check_encoder_from(network, saved)  # no unexpected or missing encoder weights
+    check_encoder_from(network, saved, frozen=False)  # no unexpected or missing encoder weights
     assert network.config.hidden_dropout == 0.2 and network.config.feat_extract_norm == "layer"
     assert network.config.hidden_size == 48
 
