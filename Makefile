@@ -35,8 +35,8 @@ $(DEMO_ENCODER)/config.json: $(STAMP) broadclass/conf/pretrain.yaml broadclass/c
 		broadclass/conf/experiment/demo_pretrain.yaml broadclass/model/pretraining.py
 	$(PY) -m broadclass.pretrain +experiment=demo_pretrain encoder_dir=$(CURDIR)/$(DEMO_ENCODER)
 
-# The small labeled set (the first 320 of the 3,200 training sentences, 80 per voice type) and its steps.
-DEMO_SMALL := data.manifests_from.n_labeled=320 trainer.max_steps=2000
+# The small labeled set: the first 320 of the 3,200 training sentences, 80 per voice type.
+DEMO_SMALL := data.manifests_from.n_labeled=320
 demo-pretrained: $(DEMO_ENCODER)/config.json
 	$(PY) -m broadclass.train +experiment=demo_pretrained model.pretrained=$(CURDIR)/$(DEMO_ENCODER) $(DEMO_SMALL)
 	$(PY) -m broadclass.train +experiment=demo $(DEMO_SMALL)
