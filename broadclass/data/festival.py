@@ -23,8 +23,12 @@ Debian main has no British English voice (``rab_diphone`` is non-free), so every
 ``radio`` set and no ``mrpa`` map is needed.
 
 Audio: 16 kHz 16-bit mono (the HTS voice's 32 kHz and every playback-rate change resampled with soxr).
-The diphone voices overflow Festival's 16-bit samples now and then (``ked_diphone`` in about one
-utterance in four); the wrap-around is undone and they are scaled by half (:attr:`FestivalVoice.gain`).
+Two faults of Festival's diphone synthesis are mended. Its 16-bit samples overflow now and then
+(``ked_diphone`` in about one utterance in four): the wrap-around is undone and the diphone voices are
+scaled by half (:attr:`FestivalVoice.gain`). And past the last diphone, which ends in the middle of the
+final pause, the wave is filled from memory Festival never set: usually near silence, but it differs
+from process to process and was once a 0.1 s full-scale burst. Every utterance is cut there, so
+it ends with half a pause (about 0.1 s) and builds are byte-identical.
 
 Layout: ``root/{train,validation,test}.jsonl``, ``root/wav/<split>/<id>.wav`` and ``root/corpus.json``, the
 build arguments. A build whose arguments match ``corpus.json`` and whose files all exist is reused without
@@ -61,7 +65,7 @@ from broadclass.data.demo import WORDS_FILE, _format_table, load_words
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 
 # Bump when a change to this module changes what a build writes, so old corpora are rebuilt.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 SPLITS = ("train", "validation", "test")
 SAMPLE_RATE = 16_000
 # Pseudo-speakers per voice in each split; no speaker is in two splits.
@@ -199,7 +203,8 @@ def _plan(n_per_split: dict[str, int], seed: int, min_words: int, max_words: int
 
 # ---- Festival ---------------------------------------------------------------------------------------
 
-# Scheme run before the utterances: prints "@@ <id> | <phones of word 1> | <phones of word 2> ...".
+# Scheme run before the utterances: prints "@@ <id> | <phones of word 1> | <phones of word 2> ... @ <end>", where
+# <end> (seconds) is where the last diphone ends, the middle of the final pause (-1: no final pause).
 _PRELUDE = r"""
 (define (bc_segs seg)
   "The segment's name and those of the following segments that belong to no word (post-lexical inserts)."
@@ -208,6 +213,12 @@ _PRELUDE = r"""
       (set! out (cons (item.name s) out))
       (set! s (item.next s)))
     (reverse out)))
+(define (bc_end u)
+  "The middle of the final pause: beyond it Festival's diphone voices fill the wave from memory never set."
+  (let ((last (utt.relation.last u 'Segment)))
+    (if (and last (string-equal (item.name last) "pau") (item.prev last))
+        (/ (+ (item.feat (item.prev last) 'end) (item.feat last 'end)) 2)
+        -1)))
 (define (bc_print id u)
   (format t "@@ %s" id)
   (mapcar
@@ -218,7 +229,7 @@ _PRELUDE = r"""
         (mapcar (lambda (seg) (mapcar (lambda (n) (format t " %s" n)) (bc_segs seg))) (item.daughters syl)))
       (item.daughters (item.relation w 'SylStructure))))
    (utt.relation.items u 'Word))
-  (format t "\n"))
+  (format t " @ %f\n" (bc_end u)))
 """
 
 
@@ -291,12 +302,14 @@ def check_voices(festival: str) -> None:
     if missing:
         raise FestivalNotFoundError(
             f"Festival has no voice {', '.join(v.voice for v in missing)} (it has: {', '.join(sorted(available))}). "
-            f"On Debian/Ubuntu: {INSTALL_HINT}"
+            f"On Debian/Ubuntu: apt-get install -y {' '.join(v.package for v in missing)}"
         )
 
 
-def _parse_phones(line: str) -> tuple[str, list[list[str]]]:
-    """``@@ <id> | dh ax | k ae t`` -> (id, ARPAbet phones per word); unknown Festival phones raise."""
+def _parse_phones(line: str) -> tuple[str, list[list[str]], float]:
+    """``@@ <id> | dh ax | k ae t @ 1.23`` -> (id, ARPAbet phones per word, end in seconds or -1); unknown
+    Festival phones raise."""
+    line, _, end = line.rpartition(" @ ")
     utt_id, *spoken = line.removeprefix("@@ ").split("|")
     utt_id = utt_id.strip()
     words = []
@@ -309,7 +322,7 @@ def _parse_phones(line: str) -> tuple[str, list[list[str]]]:
                 phones.append(RADIO_TO_ARPABET[phone])
         if phones:
             words.append(phones)
-    return utt_id, words
+    return utt_id, words, float(end)
 
 
 def _unwrapped(samples: np.ndarray) -> np.ndarray:
@@ -323,10 +336,13 @@ def _unwrapped(samples: np.ndarray) -> np.ndarray:
     return np.unwrap(samples.astype(np.float64), period=65536.0) / 32768.0
 
 
-def _to_16k(path: Path, speaker: Speaker) -> np.ndarray:
-    """Festival's WAV as 16 kHz int16: unwrapped, scaled by the voice's gain, after the speaker's playback-rate
-    change (soxr, deterministic); an utterance still past full scale is scaled to 0.99 of it."""
+def _to_16k(path: Path, speaker: Speaker, end: float) -> np.ndarray:
+    """Festival's WAV as 16 kHz int16: cut at ``end`` seconds (when >= 0), unwrapped, scaled by the voice's
+    gain, after the speaker's playback-rate change (soxr, deterministic); an utterance still past full scale
+    is scaled to 0.99 of it."""
     samples, rate = sf.read(str(path), dtype="int16", always_2d=True)
+    if end >= 0:
+        samples = samples[: round(end * rate)]
     mono = _unwrapped(samples[:, 0]) * speaker.voice.gain
     source_rate = rate * _playback(speaker)
     if source_rate != SAMPLE_RATE:
@@ -353,14 +369,14 @@ def _render(plan: Sequence[_Utterance], corpus_dir: Path, jobs: int) -> None:
         scripts = [_PRELUDE + "".join(_utterance_scheme(u, native / f"{u.id}.wav") for u in chunk) for chunk in chunks]
         processes = [_run_festival(festival, script, native) for script in scripts]
         phones: dict[str, list[list[str]]] = {}
+        ends: dict[str, float] = {}
         outputs = []
         for process in processes:
             output, _ = process.communicate()
             outputs.append(output)
             for line in output.splitlines():
                 if line.startswith("@@ "):
-                    utt_id, words = _parse_phones(line)
-                    phones[utt_id] = words
+                    utt_id, phones[utt_id], ends[utt_id] = _parse_phones(line)
         missing = [u.id for u in plan if not phones.get(u.id) or not (native / f"{u.id}.wav").is_file()]
         if missing:
             tail = "\n".join("\n".join(o.strip().splitlines()[-20:]) for o in outputs)
@@ -370,7 +386,7 @@ def _render(plan: Sequence[_Utterance], corpus_dir: Path, jobs: int) -> None:
             )
         rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for utt in plan:
-            samples = _to_16k(native / f"{utt.id}.wav", utt.speaker)
+            samples = _to_16k(native / f"{utt.id}.wav", utt.speaker, ends[utt.id])
             relative = Path("wav") / utt.split / f"{utt.id}.wav"
             sf.write(corpus_dir / relative, samples, SAMPLE_RATE, subtype="PCM_16")
             rows[utt.split].append(
