@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.broadclass-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo demo-accent demo-pretrained test test-slow test-all lint ui bench gpu-check lock clean
+.PHONY: install festival demo demo-accent demo-pretrained test test-slow test-all lint ui bench gpu-check lock clean
 
 install: $(STAMP)
 
@@ -19,6 +19,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Festival and the three voices of the Festival corpus (broadclass/data/festival.py), which its tests synthesize:
+# installed with apt-get where they are missing and we are root on Debian/Ubuntu; elsewhere a hint (the tests skip).
+FESTIVAL_PACKAGES := festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+festival:
+	@if command -v dpkg >/dev/null && ! dpkg -s $(FESTIVAL_PACKAGES) >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FESTIVAL_PACKAGES); \
+	elif ! command -v festival >/dev/null; then \
+	  echo "Festival is not installed; its tests skip. To install: sudo apt-get install -y $(FESTIVAL_PACKAGES)"; \
+	fi
 
 demo: install
 	$(PY) -m broadclass.train +experiment=demo
@@ -41,7 +51,7 @@ demo-pretrained: $(DEMO_ENCODER)/config.json
 	$(PY) -m broadclass.train +experiment=demo_pretrained model.pretrained=$(CURDIR)/$(DEMO_ENCODER) $(DEMO_SMALL)
 	$(PY) -m broadclass.train +experiment=demo $(DEMO_SMALL)
 
-test: install
+test: install festival
 	$(PY) -m pytest
 
 # The benchmark's smoke test runs the HF Trainer baseline: the bench extra comes first.
