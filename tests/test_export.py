@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
 from broadclass.tracking.run_model import load_model
 from broadclass.train import train
+from tests.conftest import FitRecorder
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,12 @@ def test_a_plain_transformers_pipeline_transcribes_every_validation_file_like_pr
 
 
 def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, train_config):
-    cfg = train_config(f"model.pretrained={exported}", "++trainer.fast_dev_run=true")
+    cfg = train_config(
+        f"model.pretrained={exported}",
+        "++trainer.fast_dev_run=true",
+        "model.warmup_steps=0",  # a warm-up's first step has a learning rate of 0 and moves nothing
+        "+callbacks.recorder._target_=tests.conftest.FitRecorder",
+    )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
     # Same vocabulary, so the trained CTC head is kept along with the encoder, not re-initialised.
@@ -94,6 +101,12 @@ def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, tra
     # In training mode (from_pretrained returns eval mode): dropout and SpecAugment must be on.
     assert model.net.training
     train(cfg)
+    fit = FitRecorder.last
+    # The run started from every exported weight, CTC head included, and its one step moved them.
+    assert fit.before.keys() == weights.keys()
+    assert all(fit.before[key].equal(weights[key]) for key in weights)
+    assert fit.steps == 1 and len(fit.losses) == 1 and math.isfinite(fit.losses[0])
+    assert not fit.after["lm_head.weight"].equal(weights["lm_head.weight"])
 
 
 def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trained_run, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from broadclass.data.check import DataCheckError
 from broadclass.model.encoder import PretrainedLoadError, build_network
 from broadclass.tracking.logger import BufferedMLFlowLogger
 from broadclass.train import train
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, FitRecorder, compose_config
 
+RECORDER = "+callbacks.recorder._target_=tests.conftest.FitRecorder"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
@@ -65,7 +67,8 @@ def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
 
 
 def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(train_config, tmp_path):
-    cfg = train_config("+trainer.fast_dev_run=true")
+    # No warm-up: the schedule's first step would have a learning rate of 0 and move nothing.
+    cfg = train_config("+trainer.fast_dev_run=true", "model.warmup_steps=0", RECORDER)
     saved = tmp_path / "saved-encoder"
     # XLSR's layout (plain wav2vec2, layer-norm feature encoder, pre-LN layers), not the tiny conformer:
     # the default recipe fine-tunes that family.
@@ -82,6 +85,19 @@ def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(tr
     assert model.net.config.hidden_size == network.config.hidden_size
     assert model.net.lm_head.out_features == len(datamodule.label_map.tokens)
     train(cfg)
+    fit = FitRecorder.last
+    saved_weights = network.state_dict()
+    # The run trained the folder's encoder: every weight but the new head was the saved one at the start …
+    encoder = [key for key in saved_weights if not key.startswith("lm_head.")]
+    assert encoder and all(fit.before[key].equal(saved_weights[key]) for key in encoder)
+    assert fit.before["lm_head.weight"].shape[0] == len(datamodule.label_map.tokens)
+    # … and fast_dev_run's one batch made one optimizer step on a finite loss, which moved the weights.
+    assert fit.steps == 1 and len(fit.losses) == 1 and math.isfinite(fit.losses[0])
+    moved = [key for key in encoder if not fit.after[key].equal(fit.before[key])]
+    assert moved and not fit.after["lm_head.weight"].equal(fit.before["lm_head.weight"])
+    # Its one validation batch was decoded and scored by every rule.
+    (evaluation,) = fit.evaluations
+    assert {"val/rule/vote/accuracy", "val/rule/posterior/accuracy", "val/ter"} <= evaluation.metrics.keys()
 
 
 def test_unreachable_pretrained_weights_fail_fast_saying_what_to_set():
