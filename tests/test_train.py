@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,10 +18,11 @@ from omegaconf import OmegaConf
 
 from broadclass.config import ConfigError, check_config
 from broadclass.data.check import DataCheckError
-from broadclass.model.encoder import PretrainedLoadError, build_network
+from broadclass.model.encoder import build_network
 from broadclass.tracking.logger import BufferedMLFlowLogger
 from broadclass.train import train
 from tests.conftest import CONF_DIR, FitRecorder, compose_config
+from tests.test_resume import REPO
 
 RECORDER = "+callbacks.recorder._target_=tests.conftest.FitRecorder"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -100,11 +104,42 @@ def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(tr
     assert {"val/rule/vote/accuracy", "val/rule/posterior/accuracy", "val/ter"} <= evaluation.metrics.keys()
 
 
-def test_unreachable_pretrained_weights_fail_fast_saying_what_to_set():
-    started = time.monotonic()
-    with pytest.raises(PretrainedLoadError, match=r"model\.pretrained=<local dir>"):
-        build_network(10, "facebook/wav2vec2-large-xlsr-53")
-    assert time.monotonic() - started < 5  # offline: no retries against the hub
+# Run in a fresh interpreter with an empty HuggingFace cache, every socket connection recorded and refused: what
+# the machine has cached, and how loaded it is, change nothing.
+OFFLINE_LOAD = """
+import json, socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(repr(args[1:] if args and isinstance(args[0], socket.socket) else args))
+    raise OSError("network refused by the test")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+from broadclass.model.encoder import PretrainedLoadError, build_network
+try:
+    build_network(10, sys.argv[1])
+    outcome = {"error": None}
+except PretrainedLoadError as err:
+    outcome = {"error": "PretrainedLoadError", "message": str(err)}
+print(json.dumps({**outcome, "attempts": attempts}))
+"""
+
+
+def test_unreachable_pretrained_weights_fail_saying_what_to_set_without_asking_the_hub(tmp_path):
+    hub_id = "facebook/wav2vec2-large-xlsr-53"
+    cache = tmp_path / "hf"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(cache), HF_HUB_CACHE=str(cache / "hub"), PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_LOAD, hub_id], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "PretrainedLoadError", outcome
+    message = outcome["message"]
+    assert f"could not load pretrained weights from {hub_id!r} (HF_HUB_OFFLINE=1: the hub is not asked)" in message
+    assert "model.pretrained=<local dir>" in message and f"huggingface-cli download {hub_id}" in message
+    # Offline means no connection at all, so no retries against the hub either.
+    assert outcome["attempts"] == []
 
 
 def test_missing_audio_is_reported_with_the_manifest_row(train_config, tmp_path):
