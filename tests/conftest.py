@@ -6,6 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 # Set before transformers/huggingface_hub are imported anywhere: a hub lookup would stall ~25 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -13,6 +14,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import pytest  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -135,3 +137,36 @@ def trained_run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> TrainedRun:
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
     (checkpoint,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("step*.ckpt")
     return TrainedRun(cfg, checkpoint, run.info.run_id, client.tracking_uri)
+
+
+class FitRecorder(pl.Callback):
+    """A Lightning callback (``+callbacks.recorder._target_=tests.conftest.FitRecorder``) that keeps what a
+    run did, for tests of runs that log nothing (``fast_dev_run``): the network's weights when training
+    started and ended, each training batch's loss, the optimizer steps taken and the last evaluation."""
+
+    last: ClassVar[FitRecorder | None] = None
+
+    def __init__(self) -> None:
+        self.before: dict | None = None
+        self.after: dict | None = None
+        self.losses: list[float] = []
+        self.steps = 0
+        self.evaluations: list = []
+        FitRecorder.last = self
+
+    @staticmethod
+    def _weights(module) -> dict:
+        return {key: value.detach().clone() for key, value in module.net.state_dict().items()}
+
+    def on_train_start(self, trainer, module) -> None:
+        self.before = self._weights(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.evaluations.append(module.last_evaluation)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.after = self._weights(module)
+        self.steps = trainer.global_step

@@ -445,6 +445,7 @@ def test_prepare_command_reports_bad_input_with_status_1_and_keeps_earlier_sets(
 
 # ---- end to end ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_a_datasets_folder_of_plain_text_is_phonemized_into_sets_the_reference_recipe_trains_on(
     tmp_path, empty_mlflow_db
 ):

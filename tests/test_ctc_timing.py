@@ -43,13 +43,13 @@ def test_boundary_errors_pair_only_class_matched_tokens():
 
 
 def test_measure_synthesises_predicts_and_pairs_the_tokens(trained_run: TrainedRun):
-    # The 10-step model decodes little or nothing: this checks the plumbing, not the timing (see
-    # benchmarks/README.md for the check on a trained model).
+    # The 10-step model decodes tokens (mostly vowels), not good timings: this checks the plumbing and the
+    # arithmetic, not the timing (see benchmarks/README.md for the check on a trained model).
     result = measure(str(trained_run.checkpoint), utterances=4, seed=0, tolerance=0.040)
     assert result["utterances"] == 4 and result["reference_classes"] > 4 * 4
-    assert 0 <= result["matched"] <= result["reference_classes"]
-    if result["matched"]:
-        assert 0 <= result["median_abs_error_s"] <= result["p90_abs_error_s"]
-        assert result["passed"] == (result["median_abs_error_s"] <= 0.040)
-    else:
-        assert result["passed"] is False
+    assert 0 < result["matched"] <= result["reference_classes"]
+    assert 0 <= result["median_abs_error_s"] <= result["p90_abs_error_s"]
+    assert result["passed"] == (result["median_abs_error_s"] <= 0.040)
+    assert 0 <= result["within_tolerance_share"] <= 1
+    # The median is within the tolerance exactly when at least half the pairs are.
+    assert result["within_tolerance_share"] >= 0.5 if result["passed"] else result["within_tolerance_share"] <= 0.5

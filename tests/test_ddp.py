@@ -50,6 +50,7 @@ def ddp_command(root: Path, corpus: dict[str, Path], *overrides: str) -> list[st
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus, empty_mlflow_db, train_config):
     root = tmp_path / "ddp"
     root.mkdir()
@@ -88,6 +89,7 @@ def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_activation_checkpointing_with_layerdrop_trains_under_ddp(tmp_path, demo_corpus, empty_mlflow_db):
     # The recipe's layout (XLSR: layer-norm feature encoder, stable layer norm) at a small width, with
     # checkpointing and a LayerDrop that skips a layer in about half the steps: DDP must expect unused weights.

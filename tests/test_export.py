@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
 import soundfile as sf
+import torch
 from hydra.utils import instantiate
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -22,6 +25,7 @@ from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
 from broadclass.tracking.run_model import load_model
 from broadclass.train import train
+from tests.conftest import SHORT_RUN, FitRecorder, compose_config, demo_overrides
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,12 @@ def test_a_plain_transformers_pipeline_transcribes_every_validation_file_like_pr
 
 
 def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, train_config):
-    cfg = train_config(f"model.pretrained={exported}", "++trainer.fast_dev_run=true")
+    cfg = train_config(
+        f"model.pretrained={exported}",
+        "++trainer.fast_dev_run=true",
+        "model.warmup_steps=0",  # a warm-up's first step has a learning rate of 0 and moves nothing
+        "+callbacks.recorder._target_=tests.conftest.FitRecorder",
+    )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
     # Same vocabulary, so the trained CTC head is kept along with the encoder, not re-initialised.
@@ -94,6 +103,12 @@ def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, tra
     # In training mode (from_pretrained returns eval mode): dropout and SpecAugment must be on.
     assert model.net.training
     train(cfg)
+    fit = FitRecorder.last
+    # The run started from every exported weight, CTC head included, and its one step moved them.
+    assert fit.before.keys() == weights.keys()
+    assert all(fit.before[key].equal(weights[key]) for key in weights)
+    assert fit.steps == 1 and len(fit.losses) == 1 and math.isfinite(fit.losses[0])
+    assert not fit.after["lm_head.weight"].equal(weights["lm_head.weight"])
 
 
 def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trained_run, tmp_path):
@@ -136,3 +151,59 @@ def test_export_from_a_run_id_writes_the_logged_model(trained_run, exported, tmp
     assert export.main([trained_run.run_id, str(out), "--tracking-uri", trained_run.tracking_uri]) == 0
     again, original = load_file(out / "model.safetensors"), load_file(exported / "model.safetensors")
     assert again.keys() == original.keys() and all(again[k].equal(original[k]) for k in original)
+
+
+# The reference recipe's own layout (XLSR-53's: plain wav2vec2, layer-norm feature encoder with conv biases,
+# pre-LN transformer layers) at the tests' width, instead of the demo's conformer.
+XLSR_LAYOUT = [
+    "model.config.model_type=wav2vec2",
+    "model.config.feat_extract_norm=layer",
+    "+model.config.do_stable_layer_norm=true",
+    "+model.config.conv_bias=true",
+    "~model.config.position_embeddings_type",
+    "~model.config.conv_depthwise_kernel_size",
+    "~model.config.conformer_conv_dropout",
+]
+
+
+@pytest.fixture(scope="module")
+def xlsr_layout(tmp_path_factory, demo_corpus, empty_mlflow_db) -> tuple[Path, Path, dict[str, str]]:
+    """(exported folder, folder of the 16 validation files at 16 kHz, the pipeline's text of each file) of a
+    Wav2Vec2ForCTC in XLSR's layout, trained 2 steps. Its CTC head's weights are scaled up 100-fold: a barely
+    trained head has logits within float rounding of each other, and the comparison is of code, not of ties."""
+    root = tmp_path_factory.mktemp("xlsr-layout")
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    cfg = compose_config(root, [*demo_overrides(demo_corpus), *SHORT_RUN, *XLSR_LAYOUT])
+    train(cfg)
+    checkpoint = max((Path(cfg.paths.output_dir) / "checkpoints").glob("step*.ckpt"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["state_dict"]["net.lm_head.weight"] *= 100
+    sharpened = root / "sharpened.ckpt"
+    torch.save(state, sharpened)
+    out = root / "export"
+    assert export.main([str(sharpened), str(out)]) == 0
+    folder = root / "validation16k"
+    folder.mkdir()
+    for row in read_manifest(demo_corpus["validation"]):  # 16 kHz: no resampler in between
+        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
+    return out, folder, pipeline_texts(out, sorted(folder.glob("*.wav")))
+
+
+def test_the_xlsr_layout_exports_as_a_layer_norm_wav2vec2_that_asks_for_the_attention_mask(xlsr_layout):
+    exported, _, _ = xlsr_layout
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architectures"] == ["Wav2Vec2ForCTC"]
+    assert (config["feat_extract_norm"], config["do_stable_layer_norm"], config["conv_bias"]) == ("layer", True, True)
+    # transformers' convention for a layer-norm feature encoder: batched input comes with its mask.
+    assert json.loads((exported / "preprocessor_config.json").read_text())["return_attention_mask"] is True
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_a_plain_transformers_pipeline_transcribes_like_predict_in_the_xlsr_layout(xlsr_layout, tmp_path, batch_size):
+    exported, folder, texts = xlsr_layout
+    out = tmp_path / "predicted.jsonl"
+    assert predict.main([f"model={exported}", f"input={folder}", f"output={out}", f"batch_size={batch_size}"]) == 0
+    records = {record["audio_filepath"]: record for record in map(json.loads, out.read_text().splitlines())}
+    assert sorted(records) == sorted(texts) and len(records) == 16
+    assert sum(len(r["tokens"]) >= 3 for r in records.values()) >= 8, "the model decodes too little to compare"
+    assert {path: records[path]["text"] for path in texts} == texts

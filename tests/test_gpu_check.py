@@ -10,6 +10,7 @@ from benchmarks.gpu import main
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_gpu_check_smoke_runs_the_recipe_and_the_hf_trainer_on_prepared_sets(tmp_path):
     pytest.importorskip("accelerate", reason="the HF Trainer baseline needs the bench extra")
     main(["--smoke", f"--work={tmp_path}"])

@@ -17,7 +17,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import mlflow
+import numpy as np
 import pytest
+from PIL import Image
 
 from broadclass.tracking.datasets import file_digest
 from tests.conftest import TEST_MODEL
@@ -47,10 +49,26 @@ def chromium(url: str, *, screenshot: Path | None = None, budget_ms: int = 20000
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     if screenshot:
-        assert screenshot.stat().st_size > 10_000, "an empty screenshot"
+        assert_rendered(screenshot)
         return ""
     text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", result.stdout, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
+def assert_rendered(png: Path) -> None:
+    """A screenshot of a rendered page at the window's size: not blank, not one colour, not a bare spinner."""
+    with Image.open(png) as image:
+        assert image.size == (1900, 1150), image.size
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    # A blank or loading page is one background colour with a few pixels of something else; a page of tables,
+    # charts and text has hundreds of colours (anti-aliased text) and no colour covering nearly all of it.
+    assert len(colours) > 100, f"{png.name}: {len(colours)} colours"
+    assert counts.max() / len(pixels) < 0.95, f"{png.name}: one colour covers {counts.max() / len(pixels):.0%}"
+    # Text and lines in more than one part of the page (a centred spinner or error box leaves the rest empty).
+    rows = np.asarray(Image.open(png).convert("L"), dtype=np.int16)
+    busy_bands = [band for band in np.array_split(rows, 5) if np.abs(np.diff(band, axis=1)).mean() > 1.0]
+    assert len(busy_bands) >= 3, f"{png.name}: content in {len(busy_bands)} of 5 bands"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +106,7 @@ def save(name: str) -> Path | None:
 
 
 @pytest.mark.slow  # a sweep, a server and four page renders: ~2-4 min on 2 CPU cores
+@pytest.mark.timeout(1800)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_the_ui_shows_readable_runs_swept_params_categories_images_datasets_and_models(sweep_on_server, tmp_path):
     server, client, experiment, runs = sweep_on_server
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens in "Model training"

@@ -53,12 +53,15 @@ def test_a_folder_is_predicted_at_any_rate_and_channel_count_and_a_corrupt_file_
     records = read_jsonl(out)
     assert [r["id"] for r in records] == ["narrow8k", "stereo44k"]
     vocab = set(load_model(trained_run.checkpoint).labels.tokens)
+    # The session's model decodes tokens from this utterance (the checks below would hold for empty output too).
+    assert all(r["tokens"] for r in records), [r["text"] for r in records]
     for r in records:
         # Resampled to 16 kHz, not played at the wrong speed: the duration is the original's.
         assert r["duration"] == pytest.approx(len(wave) / rate, abs=0.01)
         assert set(r["tokens"]) <= vocab
         assert r["text"] == " ".join(r["tokens"])
         assert r["classes"] == [token.rpartition("_")[0] or token for token in r["tokens"]]
+        assert [segment["token"] for segment in r["segments"]] == r["tokens"]
         assert set(r["category"]) == RULES
         for decision in r["category"].values():
             assert decision["name"] in CATEGORIES and 0.0 <= decision["confidence"] <= 1.0
@@ -85,6 +88,8 @@ def test_a_manifest_with_references_is_scored_and_the_report_written(trained_run
     assert report["stage"] == "test" and report["rule"] == "posterior" and "test/loss" in report["metrics"]
     assert report["utterances"] == len(records) == len(read_manifest(demo_corpus["validation"]))
     truth = [CATEGORIES.index(r["reference"]["category"]) for r in records]
+    # Scored on decoded tokens: with nothing decoded the TER, alignment and duration checks below would be trivial.
+    assert sum(bool(r["tokens"]) for r in records) >= len(records) // 2, "the model decodes too little to score"
     for rule in RULES:
         # The report equals sklearn's on the categories written per utterance.
         predicted = [CATEGORIES.index(r["category"][rule]["name"]) for r in records]
@@ -112,7 +117,8 @@ def test_a_manifest_with_references_is_scored_and_the_report_written(trained_run
         assert times == sorted(times) and all(0 <= t <= r["duration"] + 0.02 for t in times)
         assert all(round(t / 0.02, 6).is_integer() for t in times)
     durations = report["durations"]["classes"]
-    assert sum(d["all"]["count"] for d in durations.values()) == sum(len(strip(r["tokens"]).split()) for r in records)
+    decoded_classes = sum(len(strip(r["tokens"]).split()) for r in records)
+    assert decoded_classes > 0 and sum(d["all"]["count"] for d in durations.values()) == decoded_classes
     printed = capsys.readouterr().out
     assert "category (rule: posterior)" in printed and "macro avg" in printed and "broad classes" in printed
     assert out.with_suffix(".report.txt").read_text(encoding="utf-8").strip() == printed.strip()
@@ -132,8 +138,10 @@ def test_predict_from_a_run_id_uses_the_model_logged_at_the_end_of_training(trai
     )
     predict.main([f"model={trained_run.checkpoint}", f"input={audio}", f"output={from_checkpoint}"])
 
-    # The run's model is the best checkpoint, exported: the same weights give the same output.
+    # The run's model is the best checkpoint, exported: the same weights give the same output, tokens and all.
     assert read_jsonl(from_run) == read_jsonl(from_checkpoint)
+    (record,) = read_jsonl(from_run)
+    assert record["tokens"] and len(record["segments"]) == len(record["tokens"])
 
 
 def test_a_checkpoint_is_refused_by_a_config_with_another_vocabulary(trained_run, train_config):

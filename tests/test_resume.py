@@ -101,6 +101,7 @@ def roots(tmp_path, empty_mlflow_db) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_numbers(roots, demo_corpus):
     killed, reference = roots
     cmd = command(killed, demo_corpus)

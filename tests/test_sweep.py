@@ -177,6 +177,7 @@ def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_path, demo_corpus):
     sweep = demo_multirun(
         tmp_path,
@@ -198,6 +199,7 @@ def test_demo_2x2_sweep_in_parallel_gives_a_table_with_both_swept_overrides(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_optuna_sweep_reports_the_best_of_the_values_train_returned(tmp_path, demo_corpus):
     sweep = demo_multirun(tmp_path, demo_corpus, "+hparams_search=demo_optuna", "hydra.sweeper.n_trials=2", *SHORT_RUN)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]

@@ -69,6 +69,7 @@ def demo_overrides(tmp_path, demo_corpus) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_corpus):
     pytest.importorskip("accelerate", reason="the HF Trainer baseline needs the bench extra")
     out = tmp_path / "result.json"
@@ -84,6 +85,7 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
 def test_the_profile_times_every_phase_of_ours(tmp_path, demo_corpus):
     out = tmp_path / "profile.txt"
     overrides = demo_overrides(tmp_path, demo_corpus)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import random
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -14,11 +18,13 @@ from omegaconf import OmegaConf
 
 from broadclass.config import ConfigError, check_config
 from broadclass.data.check import DataCheckError
-from broadclass.model.encoder import PretrainedLoadError, build_network
+from broadclass.model.encoder import build_network
 from broadclass.tracking.logger import BufferedMLFlowLogger
 from broadclass.train import train
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, FitRecorder, compose_config
+from tests.test_resume import REPO
 
+RECORDER = "+callbacks.recorder._target_=tests.conftest.FitRecorder"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
@@ -78,7 +84,8 @@ def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
 
 
 def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(train_config, tmp_path):
-    cfg = train_config("+trainer.fast_dev_run=true")
+    # No warm-up: the schedule's first step would have a learning rate of 0 and move nothing.
+    cfg = train_config("+trainer.fast_dev_run=true", "model.warmup_steps=0", RECORDER)
     saved = tmp_path / "saved-encoder"
     # XLSR's layout (plain wav2vec2, layer-norm feature encoder, pre-LN layers), not the tiny conformer:
     # the default recipe fine-tunes that family.
@@ -95,13 +102,57 @@ def test_training_from_a_saved_pretrained_folder_goes_through_from_pretrained(tr
     assert model.net.config.hidden_size == network.config.hidden_size
     assert model.net.lm_head.out_features == len(datamodule.label_map.tokens)
     train(cfg)
+    fit = FitRecorder.last
+    saved_weights = network.state_dict()
+    # The run trained the folder's encoder: every weight but the new head was the saved one at the start …
+    encoder = [key for key in saved_weights if not key.startswith("lm_head.")]
+    assert encoder and all(fit.before[key].equal(saved_weights[key]) for key in encoder)
+    assert fit.before["lm_head.weight"].shape[0] == len(datamodule.label_map.tokens)
+    # … and fast_dev_run's one batch made one optimizer step on a finite loss, which moved the weights.
+    assert fit.steps == 1 and len(fit.losses) == 1 and math.isfinite(fit.losses[0])
+    moved = [key for key in encoder if not fit.after[key].equal(fit.before[key])]
+    assert moved and not fit.after["lm_head.weight"].equal(fit.before["lm_head.weight"])
+    # Its one validation batch was decoded and scored by every rule.
+    (evaluation,) = fit.evaluations
+    assert {"val/rule/vote/accuracy", "val/rule/posterior/accuracy", "val/ter"} <= evaluation.metrics.keys()
 
 
-def test_unreachable_pretrained_weights_fail_fast_saying_what_to_set():
-    started = time.monotonic()
-    with pytest.raises(PretrainedLoadError, match=r"model\.pretrained=<local dir>"):
-        build_network(10, "facebook/wav2vec2-large-xlsr-53")
-    assert time.monotonic() - started < 5  # offline: no retries against the hub
+# Run in a fresh interpreter with an empty HuggingFace cache, every socket connection recorded and refused: what
+# the machine has cached, and how loaded it is, change nothing.
+OFFLINE_LOAD = """
+import json, socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(repr(args[1:] if args and isinstance(args[0], socket.socket) else args))
+    raise OSError("network refused by the test")
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.create_connection = refuse
+from broadclass.model.encoder import PretrainedLoadError, build_network
+try:
+    build_network(10, sys.argv[1])
+    outcome = {"error": None}
+except PretrainedLoadError as err:
+    outcome = {"error": "PretrainedLoadError", "message": str(err)}
+print(json.dumps({**outcome, "attempts": attempts}))
+"""
+
+
+def test_unreachable_pretrained_weights_fail_saying_what_to_set_without_asking_the_hub(tmp_path):
+    hub_id = "facebook/wav2vec2-large-xlsr-53"
+    cache = tmp_path / "hf"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(cache), HF_HUB_CACHE=str(cache / "hub"), PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_LOAD, hub_id], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "PretrainedLoadError", outcome
+    message = outcome["message"]
+    assert f"could not load pretrained weights from {hub_id!r} (HF_HUB_OFFLINE=1: the hub is not asked)" in message
+    assert "model.pretrained=<local dir>" in message and f"huggingface-cli download {hub_id}" in message
+    # Offline means no connection at all, so no retries against the hub either.
+    assert outcome["attempts"] == []
 
 
 def test_missing_audio_is_reported_with_the_manifest_row(train_config, tmp_path):
