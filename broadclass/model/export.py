@@ -62,6 +62,17 @@ def export_metadata(trained: TrainedModel) -> dict[str, Any]:
     return metadata
 
 
+def save_feature_extractor(folder: Path, attention_mask: bool) -> None:
+    """The feature extractor of every folder we write: 16 kHz mono, normalised as the data module normalises."""
+    Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=attention_mask,
+    ).save_pretrained(folder)
+
+
 def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = False, card: str | None = None) -> Path:
     """Write the folder; refuses a non-empty ``out_dir`` unless ``overwrite``.
 
@@ -76,13 +87,7 @@ def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = F
     network.config.id2label = dict(enumerate(labels.tokens))
     network.config.label2id = labels.vocab
     network.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=SAMPLE_RATE,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=network.config.feat_extract_norm == "layer",
-    ).save_pretrained(out)
+    save_feature_extractor(out, attention_mask=network.config.feat_extract_norm == "layer")
     build_tokenizer(labels, out).save_pretrained(out)
     metadata = export_metadata(trained)
     (out / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

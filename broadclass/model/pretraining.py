@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from torch import nn
 from torchmetrics import Metric, SumMetric
-from transformers import PreTrainedModel, Wav2Vec2FeatureExtractor
+from transformers import PreTrainedModel
 
 from broadclass.model.encoder import build_pretraining_network, enable_activation_checkpointing
+from broadclass.model.export import save_feature_extractor
 from broadclass.model.optimization import ScheduledAdamW
 from broadclass.model.padding import padding_ignored
 
-SAMPLE_RATE = 16_000
 # The checkpoint section that lets the network be rebuilt without the training config (the full network config).
 METADATA_KEY = "broadclass_pretraining"
 # Written into the encoder folder: which run, step and data it came from (a fine-tuning run tags it).
@@ -311,13 +311,8 @@ def save_encoder(checkpoint: str | Path, folder: str | Path, provenance: Mapping
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     network.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=SAMPLE_RATE,
-        padding_value=0.0,
-        do_normalize=True,
-        return_attention_mask=True,
-    ).save_pretrained(out)
+    # The attention mask is passed for every layout (broadclass.model.padding keeps padding out of the group norm).
+    save_feature_extractor(out, attention_mask=True)
     record = {"checkpoint": str(Path(checkpoint).resolve()), "step": metadata["step"], **provenance}
     (out / PROVENANCE_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return out
