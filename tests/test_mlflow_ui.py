@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from broadclass.tracking.datasets import file_digest
+from broadclass.tracking.ui import runs_page as printed_runs_page
 from tests.conftest import TEST_MODEL
 from tests.test_mlflow_server import MlflowServer
 from tests.test_sweep import demo_multirun
@@ -116,7 +117,8 @@ def test_the_ui_shows_readable_runs_swept_params_categories_images_datasets_and_
     assert differing == {"model/lr"}
 
     # The runs table: names from the swept value, each run's datasets with their digests, its logged model.
-    runs_page = f"{server.uri}/#/experiments/{experiment.experiment_id}/runs"
+    # The link `make ui` prints (broadclass.tracking.ui), rendered: it is the experiment's runs table.
+    runs_page = printed_runs_page(server.uri, experiment.experiment_id)
     text = chromium(runs_page)
     assert "Training runs" in text
     for name in RUN_NAMES:

@@ -138,6 +138,7 @@ def short_corpus(demo_corpus, tmp_path_factory) -> dict[str, Path]:
     return manifests
 
 
+@pytest.mark.timeout(1800)  # 200 optimizer steps: the longest fast test (~1-4 min on a 2-core machine)
 def test_validation_runs_at_optimizer_steps_100_and_200_with_gradient_accumulation(train_config, short_corpus):
     # 400 training batches of 2 make 200 optimizer steps; validating every 100 optimizer steps must
     # validate after batches 200 and 400, not after 100 batches (Lightning counts batches).
