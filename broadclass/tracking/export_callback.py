@@ -20,6 +20,7 @@ from broadclass.model.checkpoint import MODEL_TYPE, load_checkpoint
 from broadclass.model.export import export_model
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.model_card import build_card
+from broadclass.training.callbacks import kept_checkpoint
 
 
 class ExportBestModel(pl.Callback):
@@ -32,8 +33,7 @@ class ExportBestModel(pl.Callback):
         logger = mlflow_logger(trainer.loggers)
         if not self.enabled or logger is None or not trainer.is_global_zero:
             return
-        checkpoints = trainer.checkpoint_callback
-        path = (checkpoints.best_model_path or checkpoints.last_model_path) if checkpoints is not None else ""
+        path = kept_checkpoint(trainer)
         if not path:
             rank_zero_warn("no checkpoint was saved (fast_dev_run, or no validation ran): no model logged to MLflow")
             return

@@ -9,6 +9,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from broadclass.model.pretraining import read_provenance, save_encoder
 from broadclass.tracking.mlflow_run import mlflow_logger
+from broadclass.training.callbacks import kept_checkpoint
 
 # The logged model's type in MLflow: an encoder to fine-tune, not a transcriber.
 ENCODER_MODEL_TYPE = "broadclass-pretrained-encoder"
@@ -25,8 +26,7 @@ class SaveEncoder(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        checkpoints = trainer.checkpoint_callback
-        path = (checkpoints.best_model_path or checkpoints.last_model_path) if checkpoints is not None else ""
+        path = kept_checkpoint(trainer)
         if not path:
             rank_zero_warn("no checkpoint was saved (fast_dev_run, or no validation ran): no encoder written")
             return
@@ -41,6 +41,7 @@ class SaveEncoder(pl.Callback):
         folder = save_encoder(path, self.folder, provenance)
         self.saved = str(folder)
         if logger is not None:
+            # Imported here: export_callback imports MLflow, which a run with logger=csv may not have.
             from broadclass.tracking.export_callback import log_model_folder
 
             step = int(trainer.global_step)

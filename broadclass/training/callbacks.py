@@ -95,6 +95,12 @@ class BestAndLastCheckpoint(pl.callbacks.ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+def kept_checkpoint(trainer: pl.Trainer) -> str:
+    """The checkpoint a finished fit stands for: the best one, else the last; "" when none was saved."""
+    checkpoints = trainer.checkpoint_callback
+    return (checkpoints.best_model_path or checkpoints.last_model_path) if checkpoints is not None else ""
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss (or, without a loss scaler, gradient)."""
 
