@@ -41,6 +41,7 @@ from torch import nn
 from torchmetrics import Metric, SumMetric
 from transformers import PreTrainedModel
 
+from broadclass.model.cluster_targets import FrameMfcc, fit_centroids, nearest, receptive_field
 from broadclass.model.encoder import build_pretraining_network, enable_activation_checkpointing
 from broadclass.model.export import save_feature_extractor
 from broadclass.model.optimization import ScheduledAdamW
@@ -322,3 +323,107 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     """What :func:`save_encoder` recorded in a folder, or None (another folder, a hub id)."""
     path = Path(folder) / PROVENANCE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class ClusterPretrainingModule(PretrainingModule):
+    """HuBERT's first iteration on the same network: at masked frames, predict the k-means cluster of the frame's
+    MFCCs (broadclass.model.cluster_targets), fitted on the training audio before the first step."""
+
+    def __init__(self, *args, num_clusters: int, kmeans_utterances: int, unmasked_weight: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        config = self.net.config
+        window, hop = receptive_field(config.conv_kernel, config.conv_stride)
+        self.mfcc = FrameMfcc(window, hop, sample_rate=16_000)
+        self.register_buffer("centroids", torch.zeros(num_clusters, self.mfcc.dim))
+        self.cluster_head = nn.Linear(config.hidden_size, num_clusters)
+        # The codebook and the contrastive projections take no part in this task.
+        for module in (self.net.quantizer, self.net.project_q, self.net.project_hid):
+            module.requires_grad_(False)
+        self.val_cluster_loss = SumMetric()
+        self.val_cluster_correct = SumMetric()
+
+    def on_fit_start(self) -> None:
+        if bool(self.centroids.abs().sum() > 0):  # restored from a checkpoint
+            return
+        dataset = self.trainer.datamodule.datasets["train"]
+        rng = np.random.default_rng(self.hparams.seed)
+        chosen = rng.permutation(len(dataset))[: self.hparams.kmeans_utterances]
+        features = [self.mfcc(torch.from_numpy(dataset[int(i)]["input_values"])).numpy() for i in chosen]
+        centroids = fit_centroids(features, self.hparams.num_clusters, self.hparams.seed)
+        self.centroids.copy_(torch.from_numpy(centroids))
+
+    def frame_targets(self, batch: dict, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """(batch, width) cluster indices, -100 past each utterance's frames."""
+        targets = torch.full((len(lengths), width), -100, dtype=torch.long, device=lengths.device)
+        samples = batch["attention_mask"].sum(-1)
+        with torch.autocast(lengths.device.type, enabled=False):
+            for row, (wave, count) in enumerate(zip(batch["input_values"], samples.tolist(), strict=True)):
+                features = self.mfcc(wave[:count])
+                n = min(len(features), int(lengths[row]))
+                targets[row, :n] = nearest(features[:n], self.centroids)
+        return targets
+
+    def cluster_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
+        lengths, masks, _ = self.draw_task(batch, step)
+        targets = self.frame_targets(batch, lengths, masks.shape[1])
+        with padding_ignored(self.net, batch["attention_mask"]):
+            hidden = self.net.base_model(
+                batch["input_values"], attention_mask=batch["attention_mask"], mask_time_indices=masks
+            ).last_hidden_state
+        logits = self.cluster_head(hidden).float()
+        valid = targets >= 0
+        losses = nn.functional.cross_entropy(logits[valid], targets[valid], reduction="none")
+        correct = (logits[valid].argmax(-1) == targets[valid]).float()
+        on_mask = masks[valid]
+        masked_loss = losses[on_mask].mean()
+        unmasked_loss = losses[~on_mask].mean() if bool((~on_mask).any()) else losses.new_zeros(())
+        return {
+            "loss": masked_loss + self.hparams.unmasked_weight * unmasked_loss,
+            "masked_loss": masked_loss.detach(),
+            "unmasked_loss": unmasked_loss.detach(),
+            "masked_sum": losses[on_mask].detach().sum(),
+            "masked_correct": correct[on_mask].sum(),
+            "masked": on_mask.sum(),
+            "frames": lengths.sum(),
+        }
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        result = self.cluster_step(batch, int(self.global_step))
+        size = len(batch["ids"])
+        self.log("train/loss", result["loss"], on_step=True, prog_bar=True, batch_size=size)
+        self.log_dict(
+            {
+                "train/masked_loss": result["masked_loss"],
+                "train/unmasked_loss": result["unmasked_loss"],
+                "train/masked_accuracy": result["masked_correct"] / result["masked"].clamp_min(1),
+                "train/masked_share": result["masked"].float() / result["frames"],
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=size,
+        )
+        return result["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with torch.autocast(batch["input_values"].device.type, enabled=False):
+            result = self.cluster_step(batch, None)
+        self.val_cluster_loss.update(result["masked_sum"])
+        self.val_cluster_correct.update(result["masked_correct"])
+        self.val_masked.update(result["masked"].float())
+
+    def on_validation_epoch_end(self) -> None:
+        masked = self.val_masked.compute().clamp_min(1)
+        self.log_dict(
+            {
+                "val/masked_loss": self.val_cluster_loss.compute() / masked,
+                "val/masked_accuracy": self.val_cluster_correct.compute() / masked,
+                "step": float(self.global_step),
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+        for metric in (self.val_cluster_loss, self.val_cluster_correct, self.val_masked):
+            metric.reset()
