@@ -34,6 +34,7 @@ from tests.test_resume import REPO, environment, histories
 
 # The test model with a small codebook (2 groups of 8 code vectors) and 10 distractors per masked frame.
 PRETRAIN_MODEL = [
+    "pretraining=tiny_contrastive",
     *TEST_MODEL,
     "model.config.codevector_dim=16",
     "model.config.proj_codevector_dim=16",
@@ -282,8 +283,8 @@ def test_the_csv_logger_writes_every_pretraining_metric(csv_run):
     # The encoder folder is written without MLflow too, and its provenance names the best checkpoint.
     folder = Path(csv_run.encoder_dir)
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    val = metrics.dropna(subset=["val/contrastive_loss"])
-    best_step = int(val["step"][val["val/contrastive_loss"].idxmin()])
+    val = metrics.dropna(subset=["val/loss"])
+    best_step = int(val["step"][val["val/loss"].idxmin()])
     assert Path(read_provenance(folder)["checkpoint"]).name == f"step{best_step:06d}.ckpt"  # the lowest loss
 
 

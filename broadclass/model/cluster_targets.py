@@ -82,7 +82,9 @@ class FrameMfcc(nn.Module):
         frames = wave.float().unfold(0, self.window, self.hop)
         frames = (frames - frames.mean(-1, keepdim=True)) * self.taper
         power = torch.fft.rfft(frames, n=self.n_fft).abs().square()
-        cepstra = torch.log(power @ self.filters + 1e-8) @ self.dct
+        energies = power @ self.filters
+        # A floor relative to the utterance's level (60 dB under its mean band energy), so the gain changes nothing.
+        cepstra = torch.log(energies + 1e-6 * energies.mean() + 1e-20) @ self.dct
         first = differences(cepstra)
         features = torch.cat([cepstra, first, differences(first)], dim=-1)
         return (features - features.mean(0)) / features.std(0, unbiased=False).clamp_min(1e-5)

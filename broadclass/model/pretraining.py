@@ -1,9 +1,14 @@
 """Self-supervised pretraining of a wav2vec2-family encoder on audio without transcriptions.
 
-wav2vec 2.0's task, on transformers' ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2ConformerForPreTraining``: spans of
-the feature encoder's frames are masked, and at each masked frame the transformer's output must pick the frame's
-own quantized feature (a Gumbel-softmax codebook) out of ``num_negatives`` quantized features drawn from other
-frames of the same utterance (the contrastive loss); a diversity loss keeps the codebook in use.
+Two masked-prediction tasks on the same network, transformers' ``Wav2Vec2ForPreTraining`` /
+``Wav2Vec2ConformerForPreTraining``: spans of the feature encoder's frames are masked, and at each masked frame
+the transformer's output must
+
+- pick the frame's own quantized feature (a Gumbel-softmax codebook) out of ``num_negatives`` quantized features
+  drawn from other frames of the same utterance: wav2vec 2.0's contrastive task
+  (:class:`ContrastivePretrainingModule`), XLSR-53's own; or
+- name the k-means cluster of the frame's MFCCs: HuBERT's first iteration (:class:`ClusterPretrainingModule`),
+  which transferred better from scratch at the demo's scale (experiments/pretraining/README.md).
 
 What this module adds to transformers' forward:
 
@@ -130,7 +135,13 @@ class CodeCounts(Metric):
         return self.counts
 
 
-class PretrainingModule(ScheduledAdamW):
+class MaskedPretrainingModule(ScheduledAdamW):
+    """What both self-supervised tasks share: the network (from scratch from ``config``, or a checkpoint's), spans
+    of frames masked inside each utterance (:func:`sample_time_masks`, one generator per utterance), the
+    optimisation, validation in fp32 on the same masks every time, and the network's full config in every
+    checkpoint. A task implements :meth:`task_step` (training's and validation's losses of one batch) and the
+    validation metrics; ``val/loss`` is what the best checkpoint is chosen by (conf/pretrain.yaml's monitor)."""
+
     def __init__(
         self,
         pretrained: str | None,
@@ -140,9 +151,6 @@ class PretrainingModule(ScheduledAdamW):
         mask_time_prob: float,
         mask_time_length: int,
         mask_min_spans: int,
-        num_negatives: int,
-        gumbel_temperature: Sequence[float],
-        gumbel_decay: float,
         lr: float,
         betas: Sequence[float],
         eps: float,
@@ -153,10 +161,7 @@ class PretrainingModule(ScheduledAdamW):
         super().__init__()
         if not 0 < mask_time_prob <= 1:
             raise ValueError(f"model.mask_time_prob must be in (0, 1], got {mask_time_prob}")
-        if len(gumbel_temperature) != 2 or not gumbel_temperature[0] >= gumbel_temperature[1] > 0:
-            raise ValueError(
-                f"model.gumbel_temperature must be [start, end] with start >= end > 0, got {gumbel_temperature}"
-            )
+        # Also the arguments of the task's own constructor (Lightning collects every __init__ on the way).
         self.save_hyperparameters(logger=False)
         # The network masks with its own embedding, which transformers builds only for a positive mask_time_prob.
         masking = {"mask_time_prob": mask_time_prob, "mask_time_length": mask_time_length}
@@ -165,6 +170,54 @@ class PretrainingModule(ScheduledAdamW):
             self.net.freeze_feature_encoder()
         if gradient_checkpointing:
             enable_activation_checkpointing(self.net)
+        self.val_masked = SumMetric()
+
+    def draw_masks(
+        self, batch: dict, step: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[np.random.Generator]]:
+        """Frame lengths, masks (on the batch's device), the lengths on the host and the utterances' generators
+        (drawn on after the masks) for ``batch``; ``step`` None: validation's fixed draw."""
+        mask = batch["attention_mask"]
+        lengths = self.net._get_feat_extract_output_lengths(mask.sum(-1)).long()
+        width = int(self.net._get_feat_extract_output_lengths(torch.tensor(mask.shape[1])))
+        host_lengths = lengths.tolist()
+        rngs = utterance_generators(self.hparams.seed, step, batch["ids"])
+        h = self.hparams
+        masks = sample_time_masks(host_lengths, width, h.mask_time_prob, h.mask_time_length, h.mask_min_spans, rngs)
+        return lengths, torch.from_numpy(masks).to(mask.device), host_lengths, rngs
+
+    def task_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:  # before clipping: the norm the clipping sees
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # fp32 whatever the training precision, and the same masks (and negatives) at every validation.
+        with torch.autocast(batch["input_values"].device.type, enabled=False):
+            self.update_validation(self.task_step(batch, None))
+
+    def update_validation(self, result: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The full network config, so the encoder is rebuilt without the training config (or the hub).
+        checkpoint[METADATA_KEY] = {"config": self.net.config.to_dict(), "step": int(self.global_step)}
+
+
+class ContrastivePretrainingModule(MaskedPretrainingModule):
+    """wav2vec 2.0's task: at each masked frame, the transformer's output picks the frame's own quantized feature
+    out of ``num_negatives`` drawn from other frames of the same utterance (:func:`sample_negatives`); a diversity
+    loss keeps the Gumbel-softmax codebook in use. Continued pretraining of XLSR-53 keeps this, its own task."""
+
+    def __init__(self, num_negatives: int, gumbel_temperature: Sequence[float], gumbel_decay: float, **shared: Any):
+        if len(gumbel_temperature) != 2 or not gumbel_temperature[0] >= gumbel_temperature[1] > 0:
+            raise ValueError(
+                f"model.gumbel_temperature must be [start, end] with start >= end > 0, got {gumbel_temperature}"
+            )
+        super().__init__(**shared)
         quantizer = self.net.quantizer
         self.groups, self.vectors = quantizer.num_groups, quantizer.num_vars
         # Which code vector each masked frame selects (the argmax of the quantizer's projection), read by a hook.
@@ -174,25 +227,16 @@ class PretrainingModule(ScheduledAdamW):
         self.code_counts = CodeCounts(self.groups, self.vectors)
         self.val_contrastive = SumMetric()
         self.val_diversity = SumMetric()
-        self.val_masked = SumMetric()
 
-    # ---- the task ----------------------------------------------------------------------------------
     def temperature(self, step: int) -> float:
         start, end = self.hparams.gumbel_temperature
         return gumbel_temperature(step, start, end, self.hparams.gumbel_decay)
 
     def draw_task(self, batch: dict, step: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frame lengths, masks and negatives for ``batch`` (``step`` None: validation's fixed draw)."""
-        mask = batch["attention_mask"]
-        lengths = self.net._get_feat_extract_output_lengths(mask.sum(-1)).long()
-        width = int(self.net._get_feat_extract_output_lengths(torch.tensor(mask.shape[1])))
-        host_lengths = lengths.tolist()
-        rngs = utterance_generators(self.hparams.seed, step, batch["ids"])
-        h = self.hparams
-        masks = sample_time_masks(host_lengths, width, h.mask_time_prob, h.mask_time_length, h.mask_min_spans, rngs)
-        negatives = sample_negatives(masks, host_lengths, h.num_negatives, rngs)
-        device = mask.device
-        return lengths, torch.from_numpy(masks).to(device), torch.from_numpy(negatives).long().to(device)
+        lengths, masks, host_lengths, rngs = self.draw_masks(batch, step)
+        negatives = sample_negatives(masks.cpu().numpy(), host_lengths, self.hparams.num_negatives, rngs)
+        return lengths, masks, torch.from_numpy(negatives).long().to(masks.device)
 
     def _record_selection(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if self._frames_for_selection is None:
@@ -200,7 +244,7 @@ class PretrainingModule(ScheduledAdamW):
         chosen = output.detach().view(*output.shape[:2], self.groups, self.vectors).argmax(-1)  # (b, t, groups)
         self._selected.append(chosen[self._frames_for_selection])  # (masked frames, groups)
 
-    def contrastive_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
+    def task_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         """The losses per masked frame and the code vectors the masked frames selected."""
         lengths, masks, negatives = self.draw_task(batch, step)
         self._frames_for_selection, self._selected = masks, []
@@ -226,12 +270,11 @@ class PretrainingModule(ScheduledAdamW):
             "selected": self._selected[0] if self._selected else torch.zeros(0, self.groups, dtype=torch.long),
         }
 
-    # ---- training ----------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.net.set_gumbel_temperature(self.temperature(int(self.global_step)))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        result = self.contrastive_step(batch, int(self.global_step))
+        result = self.task_step(batch, int(self.global_step))
         size = len(batch["ids"])
         selected = result["selected"]
         usage = sum(len(selected[:, g].unique()) for g in range(self.groups)) / (self.groups * self.vectors)
@@ -251,16 +294,7 @@ class PretrainingModule(ScheduledAdamW):
         )
         return result["loss"]
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads:  # before clipping: the norm the clipping sees
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
-
-    # ---- validation --------------------------------------------------------------------------------
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # fp32 whatever the training precision, and the same masks and negatives at every validation.
-        with torch.autocast(batch["input_values"].device.type, enabled=False):
-            result = self.contrastive_step(batch, None)
+    def update_validation(self, result: dict[str, torch.Tensor]) -> None:
         masked = result["masked"].float()
         self.val_contrastive.update(result["contrastive"] * masked)
         self.val_diversity.update(result["diversity"] * masked)
@@ -283,14 +317,123 @@ class PretrainingModule(ScheduledAdamW):
         for metric in (self.val_contrastive, self.val_diversity, self.val_masked, self.code_counts):
             metric.reset()
 
-    # ---- checkpoints -------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The full network config, so the encoder is rebuilt without the training config (or the hub).
-        checkpoint[METADATA_KEY] = {"config": self.net.config.to_dict(), "step": int(self.global_step)}
+
+class ClusterPretrainingModule(MaskedPretrainingModule):
+    """HuBERT's first iteration on the same network: at each masked frame, the transformer's output predicts which
+    of ``num_clusters`` k-means clusters the frame's MFCCs fall in (:mod:`broadclass.model.cluster_targets`). The
+    clusters are fitted once, before the first step, on ``cluster_fit_utterances`` training utterances chosen by the
+    seed, and kept in the checkpoint (a resumed run predicts the same targets). The codebook and the contrastive
+    projections of the network take no part (frozen); the folder it writes has the same layout as the contrastive
+    task's, so ``train`` and ``pretrain`` load it alike."""
+
+    def __init__(
+        self, num_clusters: int, cluster_fit_utterances: int, unmasked_weight: float, sample_rate: int, **shared: Any
+    ):
+        if num_clusters < 2 or cluster_fit_utterances < 1 or unmasked_weight < 0:
+            raise ValueError(
+                "model.num_clusters must be at least 2, model.cluster_fit_utterances at least 1 and "
+                f"model.unmasked_weight at least 0; got {num_clusters}, {cluster_fit_utterances}, {unmasked_weight}"
+            )
+        super().__init__(**shared)
+        config = self.net.config
+        window, hop = receptive_field(config.conv_kernel, config.conv_stride)
+        self.mfcc = FrameMfcc(window, hop, sample_rate)
+        self.register_buffer("centroids", torch.zeros(num_clusters, self.mfcc.dim))
+        self.register_buffer("centroids_fitted", torch.zeros((), dtype=torch.bool))
+        self.cluster_head = nn.Linear(config.hidden_size, num_clusters)
+        for module in (self.net.quantizer, self.net.project_q, self.net.project_hid):
+            module.requires_grad_(False)
+        self.val_loss = SumMetric()
+        self.val_correct = SumMetric()
+
+    def on_fit_start(self) -> None:
+        if bool(self.centroids_fitted):  # restored from the checkpoint of the run being resumed
+            return
+        dataset = self.trainer.datamodule.datasets["train"]
+        chosen = np.random.default_rng(self.hparams.seed).permutation(len(dataset))[: self.hparams.cluster_fit_utterances]
+        with torch.no_grad():
+            features = [self.mfcc(torch.from_numpy(dataset[int(i)]["input_values"])).numpy() for i in chosen]
+        centroids = torch.from_numpy(fit_centroids(features, self.hparams.num_clusters, self.hparams.seed))
+        # Every process trains on rank 0's clusters.
+        self.centroids.copy_(self.trainer.strategy.broadcast(centroids, src=0).to(self.centroids.device))
+        self.centroids_fitted.fill_(True)
+
+    def frame_targets(self, batch: dict, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """(batch, width) cluster indices of each utterance's frames, -100 past its last frame."""
+        targets = torch.full((len(lengths), width), -100, dtype=torch.long, device=lengths.device)
+        samples = batch["attention_mask"].sum(-1).tolist()
+        with torch.no_grad(), torch.autocast(lengths.device.type, enabled=False):
+            for row, (wave, count) in enumerate(zip(batch["input_values"], samples, strict=True)):
+                features = self.mfcc(wave[:count])
+                targets[row, : len(features)] = nearest(features, self.centroids)
+        return targets
+
+    def task_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the cluster predictions, masked frames and unmasked frames apart."""
+        lengths, masks, _, _ = self.draw_masks(batch, step)
+        targets = self.frame_targets(batch, lengths, masks.shape[1])
+        with padding_ignored(self.net, batch["attention_mask"]):
+            hidden = self.net.base_model(
+                batch["input_values"], attention_mask=batch["attention_mask"], mask_time_indices=masks
+            ).last_hidden_state
+        valid = targets >= 0
+        logits = self.cluster_head(hidden[valid]).float()
+        losses = nn.functional.cross_entropy(logits, targets[valid], reduction="none")
+        correct = (logits.argmax(-1) == targets[valid]).float()
+        on_mask = masks[valid]
+        masked = on_mask.sum()
+        masked_sum, unmasked_sum = losses[on_mask].sum(), losses[~on_mask].sum()
+        masked_loss = masked_sum / masked.clamp_min(1)
+        unmasked_loss = unmasked_sum / (~on_mask).sum().clamp_min(1)
+        return {
+            "loss": masked_loss + self.hparams.unmasked_weight * unmasked_loss,
+            "masked_loss": masked_loss.detach(),
+            "unmasked_loss": unmasked_loss.detach(),
+            "masked_correct": correct[on_mask].sum(),
+            "masked": masked,
+            "frames": lengths.sum(),
+        }
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        result = self.task_step(batch, int(self.global_step))
+        size = len(batch["ids"])
+        self.log("train/loss", result["loss"], on_step=True, prog_bar=True, batch_size=size)
+        self.log_dict(
+            {
+                "train/masked_loss": result["masked_loss"],
+                "train/unmasked_loss": result["unmasked_loss"],
+                "train/masked_accuracy": result["masked_correct"] / result["masked"].clamp_min(1),
+                "train/masked_share": result["masked"].float() / result["frames"],
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=size,
+        )
+        return result["loss"]
+
+    def update_validation(self, result: dict[str, torch.Tensor]) -> None:
+        masked = result["masked"].float()
+        self.val_loss.update(result["masked_loss"] * masked)
+        self.val_correct.update(result["masked_correct"])
+        self.val_masked.update(masked)
+
+    def on_validation_epoch_end(self) -> None:
+        masked = self.val_masked.compute().clamp_min(1)
+        self.log_dict(
+            {
+                "val/loss": self.val_loss.compute() / masked,
+                "val/masked_accuracy": self.val_correct.compute() / masked,
+                "step": float(self.global_step),
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+        for metric in (self.val_loss, self.val_correct, self.val_masked):
+            metric.reset()
 
 
 def network_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """The pretraining network of a checkpoint of :class:`PretrainingModule`, and its metadata."""
+    """The pretraining network of a checkpoint of :class:`MaskedPretrainingModule`, and its metadata."""
     from transformers import AutoConfig, AutoModelForPreTraining
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -323,107 +466,3 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     """What :func:`save_encoder` recorded in a folder, or None (another folder, a hub id)."""
     path = Path(folder) / PROVENANCE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-class ClusterPretrainingModule(PretrainingModule):
-    """HuBERT's first iteration on the same network: at masked frames, predict the k-means cluster of the frame's
-    MFCCs (broadclass.model.cluster_targets), fitted on the training audio before the first step."""
-
-    def __init__(self, *args, num_clusters: int, kmeans_utterances: int, unmasked_weight: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        config = self.net.config
-        window, hop = receptive_field(config.conv_kernel, config.conv_stride)
-        self.mfcc = FrameMfcc(window, hop, sample_rate=16_000)
-        self.register_buffer("centroids", torch.zeros(num_clusters, self.mfcc.dim))
-        self.cluster_head = nn.Linear(config.hidden_size, num_clusters)
-        # The codebook and the contrastive projections take no part in this task.
-        for module in (self.net.quantizer, self.net.project_q, self.net.project_hid):
-            module.requires_grad_(False)
-        self.val_cluster_loss = SumMetric()
-        self.val_cluster_correct = SumMetric()
-
-    def on_fit_start(self) -> None:
-        if bool(self.centroids.abs().sum() > 0):  # restored from a checkpoint
-            return
-        dataset = self.trainer.datamodule.datasets["train"]
-        rng = np.random.default_rng(self.hparams.seed)
-        chosen = rng.permutation(len(dataset))[: self.hparams.kmeans_utterances]
-        features = [self.mfcc(torch.from_numpy(dataset[int(i)]["input_values"])).numpy() for i in chosen]
-        centroids = fit_centroids(features, self.hparams.num_clusters, self.hparams.seed)
-        self.centroids.copy_(torch.from_numpy(centroids))
-
-    def frame_targets(self, batch: dict, lengths: torch.Tensor, width: int) -> torch.Tensor:
-        """(batch, width) cluster indices, -100 past each utterance's frames."""
-        targets = torch.full((len(lengths), width), -100, dtype=torch.long, device=lengths.device)
-        samples = batch["attention_mask"].sum(-1)
-        with torch.autocast(lengths.device.type, enabled=False):
-            for row, (wave, count) in enumerate(zip(batch["input_values"], samples.tolist(), strict=True)):
-                features = self.mfcc(wave[:count])
-                n = min(len(features), int(lengths[row]))
-                targets[row, :n] = nearest(features[:n], self.centroids)
-        return targets
-
-    def cluster_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
-        lengths, masks, _ = self.draw_task(batch, step)
-        targets = self.frame_targets(batch, lengths, masks.shape[1])
-        with padding_ignored(self.net, batch["attention_mask"]):
-            hidden = self.net.base_model(
-                batch["input_values"], attention_mask=batch["attention_mask"], mask_time_indices=masks
-            ).last_hidden_state
-        logits = self.cluster_head(hidden).float()
-        valid = targets >= 0
-        losses = nn.functional.cross_entropy(logits[valid], targets[valid], reduction="none")
-        correct = (logits[valid].argmax(-1) == targets[valid]).float()
-        on_mask = masks[valid]
-        masked_loss = losses[on_mask].mean()
-        unmasked_loss = losses[~on_mask].mean() if bool((~on_mask).any()) else losses.new_zeros(())
-        return {
-            "loss": masked_loss + self.hparams.unmasked_weight * unmasked_loss,
-            "masked_loss": masked_loss.detach(),
-            "unmasked_loss": unmasked_loss.detach(),
-            "masked_sum": losses[on_mask].detach().sum(),
-            "masked_correct": correct[on_mask].sum(),
-            "masked": on_mask.sum(),
-            "frames": lengths.sum(),
-        }
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        pass
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        result = self.cluster_step(batch, int(self.global_step))
-        size = len(batch["ids"])
-        self.log("train/loss", result["loss"], on_step=True, prog_bar=True, batch_size=size)
-        self.log_dict(
-            {
-                "train/masked_loss": result["masked_loss"],
-                "train/unmasked_loss": result["unmasked_loss"],
-                "train/masked_accuracy": result["masked_correct"] / result["masked"].clamp_min(1),
-                "train/masked_share": result["masked"].float() / result["frames"],
-            },
-            on_step=True,
-            on_epoch=False,
-            batch_size=size,
-        )
-        return result["loss"]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        with torch.autocast(batch["input_values"].device.type, enabled=False):
-            result = self.cluster_step(batch, None)
-        self.val_cluster_loss.update(result["masked_sum"])
-        self.val_cluster_correct.update(result["masked_correct"])
-        self.val_masked.update(result["masked"].float())
-
-    def on_validation_epoch_end(self) -> None:
-        masked = self.val_masked.compute().clamp_min(1)
-        self.log_dict(
-            {
-                "val/masked_loss": self.val_cluster_loss.compute() / masked,
-                "val/masked_accuracy": self.val_cluster_correct.compute() / masked,
-                "step": float(self.global_step),
-            },
-            on_step=False,
-            on_epoch=True,
-        )
-        for metric in (self.val_cluster_loss, self.val_cluster_correct, self.val_masked):
-            metric.reset()
