@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import jiwer
@@ -30,9 +29,8 @@ from broadclass.tracking.error_browser import (
     from_evaluation,
     page_data,
 )
+from tests.conftest import OpenPage
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-REQUIRED = os.environ.get("BROADCLASS_REQUIRE_BROWSER") == "1"
 FOLDER = "val/step_000010"  # trained_run validates once, at step 10: its best validation
 JIWER_KINDS = {"equal": "C", "substitute": "S", "delete": "D", "insert": "I"}
 
@@ -213,45 +211,6 @@ def test_audio_stays_within_the_utterance_and_byte_limits_worst_first_and_says_w
 
 
 # ---- in the browser -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        if REQUIRED:
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
-        )
-        yield chromium
-        chromium.close()
-
-
-class OpenPage:
-    """A page opened offline; every request that is not the file itself or a data URI is recorded and refused,
-    every console error and page error kept."""
-
-    def __init__(self, browser, url: str):
-        self.context = browser.new_context(offline=True, viewport={"width": 1600, "height": 1100})
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page = self.context.new_page()
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-        def refuse(route):
-            self.requests.append(route.request.url)
-            route.abort()
-
-        self.page.route(re.compile(r"^(https?|wss?|ftp)://"), refuse)
-        self.page.goto(url)
-
-    def shown_ids(self) -> list[str]:
-        return self.page.eval_on_selector_all("#utterances tbody tr", "rows => rows.map(r => r.dataset.id)")
-
-
 def screenshot(page, name: str) -> None:
     folder = os.environ.get("BROADCLASS_UI_SCREENSHOTS")
     if folder:
@@ -353,3 +312,43 @@ def test_predict_writes_a_page_beside_its_output_without_alignment_when_there_ar
     )
     assert opened.errors == [] and opened.requests == []
     opened.context.close()
+
+
+@pytest.mark.slow  # an mlflow server and its UI in a browser
+@pytest.mark.timeout(900)
+def test_the_page_works_inside_the_mlflow_uis_artifact_view(trained_run, browser, tmp_path):
+    from tests.test_mlflow_server import MlflowServer
+
+    data, predictions, _ = logged(trained_run)
+    database = Path(trained_run.tracking_uri.removeprefix("sqlite:///"))
+    server = MlflowServer(tmp_path, database)
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        experiment = client.get_run(trained_run.run_id).info.experiment_id
+        context = browser.new_context(viewport={"width": 1600, "height": 1100})
+        elsewhere: list[str] = []
+
+        def outside(route):
+            elsewhere.append(route.request.url)
+            route.abort()
+
+        context.route(lambda url: not url.startswith(server.uri) and url.split(":", 1)[0] in ("http", "https"), outside)
+        page = context.new_page()
+        page.goto(f"{server.uri}/#/experiments/{experiment}/runs/{trained_run.run_id}/artifacts/{FOLDER}/{ARTIFACT}")
+        frame = page.frame_locator("iframe.mlflow-html-iframe")
+        rows = frame.locator("#utterances tbody tr")
+        rows.first.wait_for(timeout=60_000)
+        assert rows.count() == len(predictions)
+        confusion = np.asarray(data["category_confusion"][0])
+        row, col = max(np.ndindex(confusion.shape), key=lambda rc: confusion[rc])
+        frame.locator(f'td[data-matrix="category"][data-row="{row}"][data-col="{col}"]').click()
+        rule = data["primary_rule"]
+        assert rows.count() == sum(1 for p in predictions if p["category"] == row and p["predicted"][rule] == col)
+        rows.first.click()
+        frame.locator("#detail audio").wait_for()
+        screenshot(page, "error_browser_in_mlflow.png")
+        assert elsewhere == []
+        context.close()
+    finally:
+        server.stop()

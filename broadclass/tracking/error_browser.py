@@ -36,12 +36,14 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import soundfile as sf
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_warn
 
 from broadclass.data.audio import AudioError, decode
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
+from broadclass.data.manifest import read_manifest
 from broadclass.metrics.alignment import TokenIndex, aligned_positions, alignment_counts, split_token
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.model_card import RunRecord, evaluation_predictions
@@ -388,6 +390,38 @@ def prediction_page(
     vocabulary = Vocabulary.of(labels)
     utterances = [from_predict(r, vocabulary.categories) for r in records]
     return page_data([(title, utterances)], vocabulary, rules, primary_rule, limits, title)
+
+
+def run_audio_paths(run: Run, stage: str) -> dict[str, str]:
+    """id → audio file of the utterances a run evaluated in ``stage``, read from the manifest it logged as a
+    dataset input (the test's, else the validation's); empty where that manifest is no longer there."""
+    manifests = {}
+    for item in run.inputs.dataset_inputs:
+        context = next((tag.value for tag in item.tags if tag.key == "mlflow.data.context"), None)
+        manifests[context] = json.loads(item.dataset.source).get("uri")
+    path = (manifests.get("test") if stage == "test" else None) or manifests.get("validation")
+    if not path or not Path(path).is_file():
+        return {}
+    return {str(row["id"]): row["audio_filepath"] for row in read_manifest(path, required=("audio_filepath",))}
+
+
+def comparison_page(
+    evaluations: Sequence[tuple[RunRecord, str, Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+    limits: BrowserLimits,
+) -> dict[str, Any]:
+    """The page data of two runs' evaluations of the same utterances: (run, artifact folder, report.json,
+    predictions) each, as ``report compare=A B`` pairs them. The audio comes from the first run's manifest."""
+    first, folder, report, _ = evaluations[0]
+    audio = run_audio_paths(first.run, report["stage"])
+    runs = [
+        (f"{record.name} ({where})", [from_evaluation(p, audio.get(str(p["id"]))) for p in predictions])
+        for record, where, _, predictions in evaluations
+    ]
+    shared = set.intersection(*(set(predictions[0]["predicted"]) for *_, predictions in evaluations))
+    rules = [rule for rule in evaluations[0][3][0]["predicted"] if rule in shared]
+    primary = report["rule"] if report["rule"] in shared else rules[0]
+    title = " vs ".join(record.name for record, *_ in evaluations) + f" · {folder}"
+    return page_data(runs, Vocabulary.of_report(report["class_confusion"]), rules, primary, limits, title)
 
 
 class ErrorBrowserLog(pl.Callback):
