@@ -352,3 +352,12 @@ def test_the_page_works_inside_the_mlflow_uis_artifact_view(trained_run, browser
         context.close()
     finally:
         server.stop()
+
+
+def test_limits_out_of_range_are_one_error_naming_each_key():
+    defaults = vars(BrowserLimits.from_config())
+    with pytest.raises(ValueError) as error:
+        BrowserLimits.from_config({**defaults, "worst_share": 1.5, "max_audio_bytes": -1})
+    assert str(error.value) == (
+        "error_browser.max_audio_bytes=-1 must be >= 0; error_browser.worst_share=1.5 must be between 0 and 1"
+    )

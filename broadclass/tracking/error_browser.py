@@ -66,6 +66,22 @@ class BrowserLimits:
     page_size: int
     seed: int
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"error_browser.{key}={getattr(self, key)} must be {what}"
+            for key, what, ok in (
+                ("max_audio_utterances", ">= 0", self.max_audio_utterances >= 0),
+                ("max_audio_bytes", ">= 0", self.max_audio_bytes >= 0),
+                ("worst_share", "between 0 and 1", 0 <= self.worst_share <= 1),
+                ("excerpt_seconds", "> 0", self.excerpt_seconds > 0),
+                ("waveform_points", "> 0", self.waveform_points > 0),
+                ("page_size", "> 0", self.page_size > 0),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None = None) -> BrowserLimits:
         """From the given values (a composed config's ``error_browser``), else from the YAML file."""
@@ -243,7 +259,7 @@ def embed_audio(
             "end": round(end, 4),
             "wave": envelope(part, limits.waveform_points),
         }
-    n_sampled = sum(1 for k in embedded if k not in worst)
+    n_sampled = len(set(embedded) - set(worst))
     total, missing = len(utterances), len(utterances) - len(with_audio)
     note = (
         f"Audio is embedded for {len(embedded)} of {total} utterances ({used / 1e6:.1f} MB): "
