@@ -26,6 +26,8 @@ and written to ``<output stem>.report.txt`` and ``.report.json``: the keys of a 
 ``max_duration`` seconds (default 30, as ``data.max_duration``; null: no limit), are listed on stderr and in
 ``<output stem>.errors.jsonl``; every other file is still predicted. A long recording is refused, not cut:
 split it into utterances first (the model was trained on utterances; its memory grows with the length).
+``<output stem>.error_browser.html`` is the error browser of the records (broadclass.tracking.error_browser;
+``error_browser=false``: not written).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from broadclass.metrics.alignment import class_analysis_text
 from broadclass.model.checkpoint import ModelLoadError, TrainedModel
 from broadclass.model.decoding import category_posteriors, frame_seconds, vote_share
 from broadclass.model.module import BroadClassModule
+from broadclass.tracking.error_browser import BrowserLimits, prediction_page, write_page
 from broadclass.tracking.run_model import load_model
 
 SAMPLE_RATE = 16_000
@@ -70,6 +73,7 @@ class PredictConfig:
     device: str = argument("auto", "auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
     max_duration: float | None = argument(30.0, "seconds; a longer file is refused (null: no limit)")
     tracking_uri: str | None = argument(None, "for a run id or name: default $MLFLOW_TRACKING_URI or the project's")
+    error_browser: bool = argument(True, "also write <output stem>.error_browser.html (limits: conf/error_browser/)")
 
 
 class InputError(ValueError):
@@ -356,6 +360,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for error in outputs.errors:
             stderr.print(f"  {error['audio_filepath']}: {error['error']}", markup=False, highlight=False)
+    if cfg.error_browser and outputs.records:
+        page = output.with_suffix(".error_browser.html")
+        module = trained.module
+        data = prediction_page(
+            outputs.records,
+            trained.labels,
+            module.rules,
+            module.hparams.primary_rule,
+            BrowserLimits.from_config(),
+            f"predict · {trained.source} · {cfg.input}",
+        )
+        written.append(str(write_page(page, data)))
     if outputs.report is not None:
         text = report_text(outputs.report)
         print(text)

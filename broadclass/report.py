@@ -3,7 +3,9 @@
 ``compare=<experiment name or sweep dir>`` hands over to ``broadclass.tracking.compare`` (side-by-side
 tables of several runs). ``compare=A B`` with two runs (ids or names) scored on the same utterances:
 their bootstrap intervals side by side and the paired tests (McNemar on the category decisions, a paired
-bootstrap on TER), on the evaluation both logged (the test where both have one, else the best validation).
+bootstrap on TER), on the evaluation both logged (the test where both have one, else the best validation), and
+the error browser of both runs side by side, opened on the utterances where they disagree (``<out
+stem>.error_browser.html``, or ``outputs/comparison/<A>_vs_<B>/error_browser.html``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from broadclass.config import argument, parse_arguments
 from broadclass.tracking.error_analysis import paired_runs_markdown
+from broadclass.tracking.error_browser import ARTIFACT, BrowserLimits, comparison_page, write_page
 from broadclass.tracking.model_card import RunRecord, build_card, evaluation_predictions, evaluations_of
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
@@ -53,17 +56,27 @@ def shared_evaluations(records: Sequence[RunRecord]) -> list[tuple[str, dict]]:
     raise RunLookupError(f"the runs have no evaluation in common to pair (none logged by: {names or 'none'})")
 
 
-def compare_two_runs(args: ReportArguments) -> str:
-    """The paired comparison of ``compare=A B`` as Markdown."""
+def compare_two_runs(args: ReportArguments) -> tuple[str, dict]:
+    """The paired comparison of ``compare=A B`` as Markdown, and the error browser's data of the two runs."""
     client = open_store(args.tracking_uri or default_tracking_uri())
     records = [RunRecord.load(client, find_run(client, ref).info.run_id) for ref in (args.compare, args.run)]
-    parts = []
+    parts, evaluations = [], []
     for record, (folder, report) in zip(records, shared_evaluations(records), strict=True):
         predictions = evaluation_predictions(record, folder)
         if not predictions:
             raise RunLookupError(f"run {record.name} logged no {folder}/predictions.jsonl")
         parts += [record.name, report, predictions]
-    return paired_runs_markdown(*parts)
+        evaluations.append((record, folder, report, predictions))
+    return paired_runs_markdown(*parts), comparison_page(evaluations, BrowserLimits.from_config())
+
+
+def comparison_page_path(args: ReportArguments) -> Path:
+    """Beside ``out=`` (``<stem>.error_browser.html``), else in ``outputs/comparison/<A>_vs_<B>/``."""
+    if args.out is not None:
+        return args.out.with_suffix(".error_browser.html")
+    from broadclass.tracking.compare import default_out  # pandas, as in main
+
+    return default_out(f"{args.compare}_vs_{args.run}") / ARTIFACT
 
 
 def write_or_print(text: str, out: Path | None, what: str) -> None:
@@ -79,11 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare is not None and args.run is not None:
         try:
-            comparison = compare_two_runs(args)
+            comparison, page = compare_two_runs(args)
         except (RunLookupError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         write_or_print(comparison, args.out, f"comparison of {args.compare} and {args.run}")
+        written = write_page(comparison_page_path(args), page)
+        print(f"error browser of both runs (where they disagree) written to {written}", file=sys.stderr)
         return 0
     if args.compare is not None:
         # Imported here: the comparison is its own module and pulls in what only it (pandas) needs. It

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 import broadclass.config  # noqa: E402,F401  (registers the resolvers)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "broadclass" / "conf"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# .ci/run installs Chromium and sets this: there, a missing browser fails instead of skipping.
+REQUIRE_BROWSER = os.environ.get("BROADCLASS_REQUIRE_BROWSER") == "1"
 
 # A smaller network than model=tiny: the tests check behaviour, not accuracy.
 TEST_MODEL = [
@@ -170,3 +174,43 @@ class FitRecorder(pl.Callback):
     def on_train_end(self, trainer, module) -> None:
         self.after = self._weights(module)
         self.steps = trainer.global_step
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven by Playwright through the DevTools protocol (nothing downloads a browser)."""
+    if CHROMIUM is None:
+        if REQUIRE_BROWSER:
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+        )
+        yield chromium
+        chromium.close()
+
+
+class OpenPage:
+    """A page opened offline; every request that is not the file itself or a data URI is recorded and refused,
+    every console error and page error kept."""
+
+    def __init__(self, browser, url: str):
+        self.context = browser.new_context(offline=True, viewport={"width": 1600, "height": 1100})
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+        def refuse(route):
+            self.requests.append(route.request.url)
+            route.abort()
+
+        self.page.route(re.compile(r"^(https?|wss?|ftp)://"), refuse)
+        self.page.goto(url)
+
+    def shown_ids(self) -> list[str]:
+        return self.page.eval_on_selector_all("#utterances tbody tr", "rows => rows.map(r => r.dataset.id)")

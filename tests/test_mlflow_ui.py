@@ -23,13 +23,10 @@ from PIL import Image
 
 from broadclass.tracking.datasets import file_digest
 from broadclass.tracking.ui import runs_page as printed_runs_page
-from tests.conftest import TEST_MODEL
+from tests.conftest import CHROMIUM, REQUIRE_BROWSER, TEST_MODEL
 from tests.test_mlflow_server import MlflowServer
 from tests.test_sweep import demo_multirun
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# .ci/run installs Chromium and sets this: there, a missing browser fails instead of skipping.
-REQUIRED = os.environ.get("BROADCLASS_REQUIRE_BROWSER") == "1"
 SWEPT = "model.lr=1e-3,3e-3"
 RUN_NAMES = {"lr=0.001", "lr=0.003"}
 CATEGORIES = ("male", "female", "whisper", "creaky")  # the demo's, in the test corpus
@@ -76,7 +73,7 @@ def assert_rendered(png: Path) -> None:
 def sweep_on_server(tmp_path_factory, demo_corpus, empty_mlflow_db):
     """A 2-job sweep (4 optimizer steps, validated at 2 and 4, tested, exported) served by `mlflow server`."""
     if CHROMIUM is None:
-        if REQUIRED:
+        if REQUIRE_BROWSER:
             pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     root = tmp_path_factory.mktemp("ui")

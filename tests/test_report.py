@@ -14,9 +14,11 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from scipy.stats import binomtest
 
+from broadclass.metrics.errors import strip_tags
 from broadclass.report import main
 from broadclass.train import train
-from tests.conftest import compose_config, demo_overrides
+from tests.conftest import OpenPage, compose_config, demo_overrides
+from tests.test_error_browser import page_json
 
 CATEGORIES = ["male", "female", "whisper", "creaky"]
 
@@ -242,3 +244,40 @@ def test_compare_two_runs_gives_the_paired_tests_of_scipy_and_jiwer(run, tmp_pat
     assert "alone right 0" in text and "p = 1 " in text and "= +0.0000" in text
     assert main(["--compare", run_id, "no-such-run", "--tracking-uri", client.tracking_uri]) == 2
     assert "no run with id or name 'no-such-run'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a training run and a browser
+@pytest.mark.timeout(900)
+def test_compare_two_runs_writes_both_runs_error_browser_opened_where_they_disagree(run, tmp_path, browser):
+    cfg, client, run_id = run
+    name = client.get_run(run_id).info.run_name
+    rule = cfg.model.primary_rule
+    changed = set()
+
+    def other_model(p: dict) -> dict:
+        # Every third utterance transcribed right, every fourth decided as the next category.
+        n = int(p["id"].rsplit("-", 1)[1])
+        hypothesis = p["reference"] if n % 3 == 0 else p["hypothesis"]
+        decided = (p["predicted"][rule] + 1) % len(CATEGORIES) if n % 4 == 0 else p["predicted"][rule]
+        if strip_tags(hypothesis.split()) != strip_tags(p["hypothesis"].split()) or decided != p["predicted"][rule]:
+            changed.add(p["id"])
+        return {**p, "hypothesis": hypothesis, "predicted": {rule: decided}}
+
+    copy_of_the_test_with_other_predictions(client, run_id, tmp_path, "run-c", other_model)
+    out = tmp_path / "paired.md"
+    assert main(["compare=" + run_id, "run-c", f"tracking_uri={client.tracking_uri}", f"out={out}"]) == 0
+    page_file = out.with_suffix(".error_browser.html")
+    data = page_json(page_file.read_text(encoding="utf-8"))
+    (folder,) = [a.path for a in client.list_artifacts(run_id, "test") if a.is_dir]
+    assert data["runs"] == [f"{name} ({folder})", f"run-c ({folder})"] and data["rules"] == [rule]
+    assert changed and all(len(u["runs"]) == 2 for u in data["utterances"])
+    # The audio is the first run's (its manifest, from its dataset inputs).
+    assert all(u["audio"] for u in data["utterances"])
+    opened = OpenPage(browser, page_file.as_uri())
+    assert sorted(opened.shown_ids()) == sorted(changed)
+    opened.page.click(f'#utterances tr[data-id="{sorted(changed)[0]}"]')
+    assert opened.page.locator("#detail .side").count() == 2
+    opened.page.select_option("#filter-decision", "")
+    assert len(opened.shown_ids()) == len(data["utterances"])
+    assert opened.errors == [] and opened.requests == []
+    opened.context.close()

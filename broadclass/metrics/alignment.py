@@ -34,22 +34,32 @@ def split_token(token: str) -> tuple[str, str | None]:
     return (class_tag, category_tag) if class_tag else (token, None)
 
 
-def align_tokens(ref_tokens: Sequence[str], hyp_tokens: Sequence[str]) -> list[AlignedPair]:
-    """Reference and hypothesis tokens paired by a minimum-edit alignment of their class tags."""
-    ref = [t for t in ref_tokens if t != WORD_BOUNDARY]
-    hyp = [t for t in hyp_tokens if t != WORD_BOUNDARY]
-    ref_classes = [split_token(t)[0] for t in ref]
-    hyp_classes = [split_token(t)[0] for t in hyp]
-    pairs: list[AlignedPair] = []
+def aligned_positions(ref_tokens: Sequence[str], hyp_tokens: Sequence[str]) -> list[tuple[int | None, int | None]]:
+    """The minimum-edit alignment of the class tags as positions in the given token lists (word boundaries
+    skipped): ``(i, j)`` pairs ``ref_tokens[i]`` with ``hyp_tokens[j]``; None on the side an insertion or
+    deletion lacks."""
+    ref = [i for i, t in enumerate(ref_tokens) if t != WORD_BOUNDARY]
+    hyp = [j for j, t in enumerate(hyp_tokens) if t != WORD_BOUNDARY]
+    ref_classes = [split_token(ref_tokens[i])[0] for i in ref]
+    hyp_classes = [split_token(hyp_tokens[j])[0] for j in hyp]
+    pairs: list[tuple[int | None, int | None]] = []
     for op in Levenshtein.opcodes(ref_classes, hyp_classes):
         refs, hyps = ref[op.src_start : op.src_end], hyp[op.dest_start : op.dest_end]
         if op.tag == "delete":
-            pairs += [(r, None) for r in refs]
+            pairs += [(i, None) for i in refs]
         elif op.tag == "insert":
-            pairs += [(None, h) for h in hyps]
+            pairs += [(None, j) for j in hyps]
         else:  # "equal" and "replace" blocks pair position by position
             pairs += list(zip(refs, hyps, strict=True))
     return pairs
+
+
+def align_tokens(ref_tokens: Sequence[str], hyp_tokens: Sequence[str]) -> list[AlignedPair]:
+    """Reference and hypothesis tokens paired by a minimum-edit alignment of their class tags."""
+    return [
+        (None if i is None else ref_tokens[i], None if j is None else hyp_tokens[j])
+        for i, j in aligned_positions(ref_tokens, hyp_tokens)
+    ]
 
 
 def edit_counts(pairs: Sequence[AlignedPair]) -> dict[str, int]:

@@ -169,8 +169,13 @@ class BroadClassModule(ScheduledAdamW):
         categories = batch["categories"].tolist()
         self.class_confusion.update(refs, hyps, categories)
         self.durations.update(self.class_segments(segments), categories)
-        # Kept per utterance for error analysis (and so the logged report can be recomputed).
+        # Kept per utterance for error analysis (and so the logged report can be recomputed); the segments and
+        # posteriors are what the error browser (broadclass.tracking.error_browser) draws.
         host_preds = {rule: pred.tolist() for rule, pred in preds.items()}
+        posteriors = category_posteriors(
+            out["logits"], out["output_lengths"], self.token_category, self.num_categories
+        ).tolist()
+        seconds = frame_seconds(self.net.config, SAMPLE_RATE)
         for i, utt_id in enumerate(batch["ids"]):
             self.predictions.append(
                 {
@@ -180,6 +185,8 @@ class BroadClassModule(ScheduledAdamW):
                     "reference": " ".join(refs[i]),
                     "hypothesis": " ".join(hyps[i]),
                     "speaker": batch["speakers"][i] if "speakers" in batch else None,
+                    "segments": [[round(a * seconds, 4), round(b * seconds, 4)] for _, a, b in segments[i]],
+                    "posteriors": [round(p, 4) for p in posteriors[i]],
                 }
             )
         return out, segments, preds
