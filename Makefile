@@ -41,8 +41,9 @@ demo-accent: install
 # and made again only when its recipe changes (make compares the files' times).
 DEMO_ENCODER := models/demo_pretrain/encoder
 $(DEMO_ENCODER)/config.json: $(STAMP) broadclass/conf/pretrain.yaml broadclass/conf/pretraining/tiny.yaml \
-		broadclass/conf/pretraining/xlsr53.yaml broadclass/conf/encoder/tiny.yaml \
-		broadclass/conf/experiment/demo_pretrain.yaml broadclass/model/pretraining.py
+		$(wildcard broadclass/conf/pretraining_task/*.yaml broadclass/conf/pretraining_from_scratch/*.yaml) \
+		broadclass/conf/encoder/tiny.yaml broadclass/conf/experiment/demo_pretrain.yaml \
+		broadclass/model/pretraining.py broadclass/model/cluster_targets.py
 	$(PY) -m broadclass.pretrain +experiment=demo_pretrain encoder_dir=$(CURDIR)/$(DEMO_ENCODER)
 
 # The small labeled set: the first 320 of the 3,200 training sentences, 80 per voice type.

@@ -38,8 +38,15 @@ def test_a_frame_of_mfccs_is_a_frame_of_the_encoder():
 
     config = Wav2Vec2Config()  # wav2vec2's and XLSR-53's layout: 25 ms every 20 ms
     assert receptive_field(config.conv_kernel, config.conv_stride) == (400, 320)
-    config = Wav2Vec2Config(conv_kernel=[10, 3, 2], conv_stride=[5, 2, 2], conv_dim=[8, 8, 8], hidden_size=16,
-                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    config = Wav2Vec2Config(
+        conv_kernel=[10, 3, 2],
+        conv_stride=[5, 2, 2],
+        conv_dim=[8, 8, 8],
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
     network = Wav2Vec2Model(config)
     window, hop = receptive_field(config.conv_kernel, config.conv_stride)
     assert (window, hop) == (10 + 2 * 5 + 1 * 10, 20)
@@ -140,8 +147,10 @@ def test_targets_never_fall_on_padding_and_do_not_depend_on_the_batch(cluster_co
     for row, length in enumerate(lengths.tolist()):
         assert (targets[row, :length] >= 0).all() and (targets[row, length:] == -100).all()
         samples = int(batch["attention_mask"][row].sum())
-        alone = {"input_values": batch["input_values"][row : row + 1, :samples],
-                 "attention_mask": batch["attention_mask"][row : row + 1, :samples]}
+        alone = {
+            "input_values": batch["input_values"][row : row + 1, :samples],
+            "attention_mask": batch["attention_mask"][row : row + 1, :samples],
+        }
         assert torch.equal(module.frame_targets(alone, lengths[row : row + 1], length)[0], targets[row, :length])
     used = targets[targets >= 0].unique()
     assert len(used) >= CLUSTERS // 2, used  # the clusters are in use, not one kind of frame

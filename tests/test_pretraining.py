@@ -561,14 +561,21 @@ def test_configuration_errors_keep_their_traceback_with_hydra_full_error_and_in_
 # ---- 8. end to end, as commands (slow) -------------------------------------------------------------------
 
 
-def pretrain_command(root: Path, corpus: dict[str, Path], *overrides: str) -> list[str]:
+# The default task (pretraining=tiny, MFCC clusters) with the test model.
+CLUSTER_MODEL = [*TEST_MODEL, "model.num_clusters=12", "model.cluster_fit_utterances=40"]
+
+
+def pretrain_command(
+    root: Path, corpus: dict[str, Path], *overrides: str, model: list[str] = PRETRAIN_MODEL
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "broadclass.pretrain",
         f"paths.root_dir={root}",
         f"data.cache_dir={root.parent / 'audio-cache'}",
-        *pretrain_overrides(corpus),
+        *data_overrides(corpus),
+        *model,
         *overrides,
     ]
 
@@ -585,8 +592,9 @@ def last_line(stdout: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", [PRETRAIN_MODEL, CLUSTER_MODEL], ids=["contrastive", "clusters"])
 def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_encoder(
-    tmp_path, demo_corpus, empty_mlflow_db
+    tmp_path, demo_corpus, empty_mlflow_db, model
 ):
     import signal
     import time
@@ -596,7 +604,7 @@ def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_enc
 
     root = store_root(tmp_path, "killed", empty_mlflow_db)
     steps = ["trainer.max_steps=60", "val_every_n_optimizer_steps=20", "checkpoint_every_n_optimizer_steps=10"]
-    cmd = pretrain_command(root, demo_corpus, *steps, "trainer.precision=32-true")
+    cmd = pretrain_command(root, demo_corpus, *steps, "trainer.precision=32-true", model=model)
     log = (tmp_path / "killed.log").open("w+")
     process = subprocess.Popen(cmd, cwd=REPO, env=environment(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -619,8 +627,8 @@ def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_enc
     for key, points in metrics.items():
         steps_logged = [step for step, _ in points]
         assert len(steps_logged) == len(set(steps_logged)), f"{key}: steps logged twice"
-    assert [s for s, _ in metrics["train/gumbel_temperature"]] == list(range(60))
-    assert [s for s, _ in metrics["val/contrastive_loss"]] == [20, 40, 60]
+    assert [s for s, _ in metrics["train/loss"]] == list(range(60))
+    assert [s for s, _ in metrics["val/loss"]] == [20, 40, 60]
     assert last_line(resumed.stdout) == str(folder / "encoder")
     assert (folder / "encoder" / "model.safetensors").is_file()
 
@@ -629,7 +637,8 @@ def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_enc
 def test_pretraining_on_two_cpu_processes_writes_the_encoder(tmp_path, demo_corpus, empty_mlflow_db):
     root = store_root(tmp_path, "ddp", empty_mlflow_db)
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
-    cmd = pretrain_command(root, demo_corpus, *ddp, "trainer.max_steps=4", "val_every_n_optimizer_steps=2")
+    steps = ["trainer.max_steps=4", "val_every_n_optimizer_steps=2"]
+    cmd = pretrain_command(root, demo_corpus, *ddp, *steps, model=CLUSTER_MODEL)
     done = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr + done.stdout
@@ -638,7 +647,10 @@ def test_pretraining_on_two_cpu_processes_writes_the_encoder(tmp_path, demo_corp
     assert (folder / "encoder" / "model.safetensors").is_file()
     runs, metrics = histories(root, "pretrain")
     assert len(runs) == 1 and [s for s, _ in metrics["train/loss"]] == list(range(4))
-    assert [s for s, _ in metrics["val/perplexity"]] == [2, 4]
+    assert [s for s, _ in metrics["val/masked_accuracy"]] == [2, 4]
+    # Both processes predicted rank 0's clusters: the checkpoint holds them, and they are k-means centroids.
+    checkpoint = torch.load(next((folder / "checkpoints").glob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert bool(checkpoint["state_dict"]["centroids_fitted"]) and checkpoint["state_dict"]["centroids"].abs().sum() > 0
     assert runs[0].data.tags["encoder/model_uri"].startswith("models:/")
 
 
@@ -647,7 +659,8 @@ def test_pretrain_then_fine_tune_as_commands(tmp_path, demo_corpus, empty_mlflow
     from tests.conftest import SHORT_RUN
 
     root = store_root(tmp_path, "project", empty_mlflow_db)
-    cmd = pretrain_command(root, demo_corpus, "trainer.max_steps=4", "val_every_n_optimizer_steps=2")
+    steps = ["trainer.max_steps=4", "val_every_n_optimizer_steps=2"]
+    cmd = pretrain_command(root, demo_corpus, *steps, model=CLUSTER_MODEL)  # the default task
     pretrained = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
     assert pretrained.returncode == 0, pretrained.stderr[-3000:]
     folder = last_line(pretrained.stdout)

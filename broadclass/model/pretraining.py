@@ -350,7 +350,8 @@ class ClusterPretrainingModule(MaskedPretrainingModule):
         if bool(self.centroids_fitted):  # restored from the checkpoint of the run being resumed
             return
         dataset = self.trainer.datamodule.datasets["train"]
-        chosen = np.random.default_rng(self.hparams.seed).permutation(len(dataset))[: self.hparams.cluster_fit_utterances]
+        order = np.random.default_rng(self.hparams.seed).permutation(len(dataset))
+        chosen = order[: self.hparams.cluster_fit_utterances]
         with torch.no_grad():
             features = [self.mfcc(torch.from_numpy(dataset[int(i)]["input_values"])).numpy() for i in chosen]
         centroids = torch.from_numpy(fit_centroids(features, self.hparams.num_clusters, self.hparams.seed))
