@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,9 +32,10 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """`mlflow server` as a subprocess: SQLite backend, local artifact root, loopback, one worker."""
+    """`mlflow server` as a subprocess: SQLite backend, local artifact root, loopback, one worker; with
+    ``admin_password``, MLflow's basic-auth app (logins and permissions; its users in ``folder/auth.db``)."""
 
-    def __init__(self, folder: Path, database: Path):
+    def __init__(self, folder: Path, database: Path, admin_password: str | None = None):
         self.folder = folder
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -53,10 +55,24 @@ class MlflowServer:
             "--workers",
             "1",
         ]
+        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        if admin_password is not None:
+            # The lab set-up of experiments/reliability/README.md: users read every experiment, write their own.
+            config = folder / "basic_auth.ini"
+            config.write_text(
+                f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'auth.db'}\n"
+                "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            self.command += ["--app-name", "basic-auth"]
+            self.env |= {
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            }
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = self.env
         log = (self.folder / "server.log").open("a")
         self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
