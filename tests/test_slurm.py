@@ -93,10 +93,17 @@ def job_logs(root: Path) -> str:
     return "".join(f"\n--- {p}\n{p.read_text()[-3000:]}" for p in root.glob("outputs/*/multiruns/*/.submitit/*/*.err"))
 
 
-def job_state(job_id: str) -> dict[str, str]:
-    """``scontrol show job``'s fields (without accounting, a finished job is shown for MinJobAge seconds)."""
-    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", shown))
+def ended_job(job_id: str, timeout: float = 120) -> dict[str, str]:
+    """``scontrol show job``'s fields once the job has ended (without accounting, a finished job is shown for
+    MinJobAge seconds). The launcher returns when the job has written its result, a moment before SLURM sees
+    the job's script end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
+        fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+        if fields["JobState"] not in ("PENDING", "RUNNING", "COMPLETING") or time.monotonic() > deadline:
+            return fields
+        time.sleep(0.5)
 
 
 def runs_named(client: mlflow.MlflowClient, experiment: str, names: list[str]) -> dict[str, mlflow.entities.Run]:
@@ -135,7 +142,7 @@ def test_a_sweep_over_three_sets_is_three_slurm_jobs_on_one_server_and_compares_
     ]
     jobs = [r.data.tags["slurm/job_id"] for r in runs]
     assert len(set(jobs)) == 3 and len({job.split("_")[0] for job in jobs}) == 1  # one array, three tasks
-    assert [job_state(job)["JobState"] for job in jobs] == ["COMPLETED"] * 3
+    assert [ended_job(job)["JobState"] for job in jobs] == ["COMPLETED"] * 3
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert [r.data.params["data/manifests_from/set_name"] for r in runs] == ["set1", "set2", "set3"]
 
@@ -203,7 +210,7 @@ def test_a_warned_job_and_a_requeued_job_resume_into_their_mlflow_runs_with_an_u
     runs = runs_named(client, "demo", names)
     assert sorted(runs) == sorted(names)  # one MLflow run each: the requeued jobs went on in theirs
     for name, job in (("warned", warned), ("requeued", requeued)):
-        state = job_state(job)
+        state = ended_job(job)
         assert (state["JobState"], state["Restarts"]) == ("COMPLETED", "1"), (name, state)
     # The same run folders (sweep/<job number>): the warned job from the checkpoint it saved when warned,
     # the requeued one from its newest periodic checkpoint.

@@ -180,6 +180,10 @@ def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
     cfg = compose_config(tmp_path, ["+experiment=onSet1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.partition) == (1, "gpu")
+    # The warning SLURM is asked to send before preemption or the time limit is the one the callback handles.
+    warning, seconds = cfg.hydra.launcher.additional_parameters.signal.split("@")
+    assert warning == cfg.callbacks.requeue_when_warned.signal_name and int(seconds) > 0
+    assert cfg.hydra.launcher.additional_parameters.requeue is True
 
 
 @pytest.mark.slow
