@@ -38,10 +38,11 @@ write_conf() {
   if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
     die "$CONF exists and was not written by this script: this machine has its own SLURM set-up; use it"
   fi
-  local host cpus memory
+  local host hardware
   host=$(hostname -s)
-  cpus=$(nproc)
-  memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)  # MB, a margin for the system
+  # The node as slurmd sees it (CPUs, sockets, cores, threads, memory): what it checks the configuration against.
+  # (Not nproc: it answers OMP_NUM_THREADS when that is set.)
+  hardware=$(slurmd -C | head -n 1 | sed 's/^NodeName=[^ ]* //')
   mkdir -p "$(dirname "$CONF")" "$STATE/slurmctld" "$STATE/slurmd" "$LOGS"
   chown slurm:slurm "$STATE/slurmctld" "$LOGS"
   cat >"$CONF.new" <<EOF
@@ -73,15 +74,16 @@ SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 $hardware State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
   if [ -f "$CONF" ] && cmp -s "$CONF" "$CONF.new"; then
     rm "$CONF.new"
   else
     mv "$CONF.new" "$CONF"
-    # A running controller reads a changed file on reconfigure.
-    if running slurmctld; then scontrol reconfigure; fi
+    # Daemons started with the old file (node sizes change only on a restart) start again with this one.
+    stop slurmd
+    stop slurmctld
   fi
 }
 

@@ -45,11 +45,11 @@ class RequeueWhenWarned(pl.Callback):
     it does nothing.
     """
 
-    def __init__(self, dirpath: str, filename: str = "requeue.ckpt", signal_name: str = "USR1"):
+    def __init__(self, dirpath: str, signal_name: str, filename: str = "requeue.ckpt"):
         self.path = os.path.join(dirpath, filename)
         self.signal = signal.Signals[f"SIG{signal_name}"]
         self.warned = False
-        self.saved = False
+        self.checkpoint_saved = False
         self.in_slurm = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -65,10 +65,10 @@ class RequeueWhenWarned(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.in_slurm and trainer.strategy.reduce_boolean_decision(self.warned, all=False):
             trainer.save_checkpoint(self.path)
-            self.saved = True
+            self.checkpoint_saved = True
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if not self.saved:
+        if not self.checkpoint_saved:
             return
         if trainer.is_global_zero:
             job = slurm_job_id()
