@@ -202,7 +202,9 @@ def test_a_warned_job_and_a_requeued_job_resume_into_their_mlflow_runs_with_an_u
     )
     client = mlflow.MlflowClient(server.uri)
     warned = wait_for_step(client, process, tmp_path, "warned", 12)
-    subprocess.run(["scancel", "--signal=USR1", warned], check=True)
+    # Not checked: scancel may report "Job can not be altered now" once the signal has reached the job and it is
+    # requeueing itself; what the job did is checked below (resumed from the checkpoint it saved when warned).
+    subprocess.run(["scancel", "--signal=USR1", warned])
     requeued = wait_for_step(client, process, tmp_path, "requeued", 12)
     subprocess.run(["scontrol", "requeue", requeued], check=True)
     sweep = finish(process, tmp_path)
