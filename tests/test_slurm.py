@@ -163,7 +163,6 @@ def test_a_sweep_over_three_sets_is_three_slurm_jobs_on_one_server_and_compares_
     assert aggregate.loc[0, "val/macro_avg/f1 best mean"] == pytest.approx(statistics.fmean(best))
     assert aggregate.loc[0, "val/macro_avg/f1 best std"] == pytest.approx(statistics.stdev(best))
     assert "| +experiment=onSet* | 3 | set1 set2 set3 |" in compared.stdout and " ± " in compared.stdout
-    print(compared.stdout)  # the table for experiments/reliability/README.md (pytest -s)
 
 
 def wait_for_step(client: mlflow.MlflowClient, process: subprocess.Popen, root: Path, name: str, step: int) -> str:
