@@ -8,7 +8,8 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.broadclass-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install festival demo demo-accent demo-pretrained test test-slow test-all lint ui bench gpu-check lock clean
+.PHONY: install festival demo demo-accent demo-pretrained test test-slow test-all lint ui bench gpu-check lock clean \
+	slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -61,6 +62,14 @@ test-slow: install
 	$(PY) -m pytest -m slow
 
 test-all: test test-slow
+
+# A real one-node SLURM cluster on this machine (root, Debian/Ubuntu): for trying hydra/launcher=slurm on a
+# workstation and for the SLURM tests of `make test-slow`. Installs slurm-wlm and munge with apt when missing.
+slurm-up:
+	scripts/local-slurm.sh up
+
+slurm-down:
+	scripts/local-slurm.sh down
 
 lint: install
 	$(VENV)/bin/ruff check broadclass tests benchmarks

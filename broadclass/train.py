@@ -29,6 +29,7 @@ from broadclass.tracking.pretraining import local_encoder, pretraining_tags
 from broadclass.tracking.store import default_tracking_uri
 from broadclass.training.errors import reporting_configuration_errors
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
+from broadclass.training.slurm import slurm_job_id
 
 
 def run_tags() -> dict[str, str]:
@@ -38,6 +39,8 @@ def run_tags() -> dict[str, str]:
         # sweep/id: the sweep folder's name (its start time by default), shared by every job of the sweep.
         sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
         tags.update({"sweep/dir": str(sweep_dir), "sweep/id": sweep_dir.name, "sweep/job": str(hydra_cfg.job.num)})
+    if slurm_job_id() is not None:  # the SLURM job that ran it (`<array job>_<task>` in an array)
+        tags["slurm/job_id"] = slurm_job_id()
     return tags
 
 

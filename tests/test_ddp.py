@@ -68,9 +68,13 @@ def test_two_cpu_processes_report_what_one_process_reports(tmp_path, demo_corpus
 
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
-    ddp = {key: value for key, value in run.data.metrics.items() if key.startswith("val/")}
     (folder,) = (root / "outputs" / "demo" / "runs").iterdir()
+    assert_single_process_report(client, run, folder, train_config, tmp_path)
 
+
+def assert_single_process_report(client, run, folder: Path, train_config, tmp_path: Path) -> None:
+    """The DDP run's logged validation report (``SHARED``'s step 4) equals one process validating its checkpoint."""
+    ddp = {key: value for key, value in run.data.metrics.items() if key.startswith("val/")}
     # The same checkpoint, validated by one process on the same data.
     cfg = train_config(*SHARED)
     datamodule = instantiate(cfg.data)

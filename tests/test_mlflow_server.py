@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +18,8 @@ import mlflow
 import pytest
 import pytorch_lightning as pl
 import requests
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
 from broadclass.tracking import spool as spool_upload
 from broadclass.tracking.mlflow_run import mlflow_logger
@@ -31,9 +34,10 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """`mlflow server` as a subprocess: SQLite backend, local artifact root, loopback, one worker."""
+    """`mlflow server` as a subprocess: SQLite backend, local artifact root, loopback, one worker; with
+    ``admin_password``, MLflow's basic-auth app (logins and permissions; its users in ``folder/auth.db``)."""
 
-    def __init__(self, folder: Path, database: Path):
+    def __init__(self, folder: Path, database: Path, admin_password: str | None = None):
         self.folder = folder
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -53,10 +57,24 @@ class MlflowServer:
             "--workers",
             "1",
         ]
+        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        if admin_password is not None:
+            # The lab set-up of experiments/reliability/README.md: users read every experiment, write their own.
+            config = folder / "basic_auth.ini"
+            config.write_text(
+                f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'auth.db'}\n"
+                "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            self.command += ["--app-name", "basic-auth"]
+            self.env |= {
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            }
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = self.env
         log = (self.folder / "server.log").open("a")
         self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -185,3 +203,17 @@ def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monk
         # The same matrix as an MLflow image at that step, spooled like the rest while the server was down.
         assert any(path.startswith(f"images/val~confusion+step+{step}+") for path in images)
     assert requests.get(f"{server.uri}/health", timeout=5).ok
+
+
+def test_writes_a_server_refuses_for_the_user_are_kept_with_the_reason_and_bad_writes_are_not():
+    # As MLflow's client raises them: a plain-text 401/403 (the basic-auth app's) carries only an error code.
+    uri = "http://mlflow.internal:5000"
+    refused = MlflowException("… failed with error code 403 != 200", error_code=PERMISSION_DENIED)
+    assert spool_upload.deferred(refused, uri) == "refused by the server for this user (HTTP 403 PERMISSION_DENIED)"
+    unauthenticated = MlflowException("… failed with error code 401 != 200", error_code=UNAUTHENTICATED)
+    assert spool_upload.deferred(unauthenticated, uri).endswith("(HTTP 401 UNAUTHENTICATED)")
+    assert spool_upload.deferred(requests.ConnectionError("refused"), uri) == "server unreachable (ConnectionError)"
+    # The server parsed a bad write and said why: sending it again would not help.
+    bad = RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "a param changed its value"})
+    assert spool_upload.deferred(bad, uri) is None
+    assert spool_upload.deferred(refused, "sqlite:///mlflow.db") is None  # a local store is never spooled

@@ -64,6 +64,16 @@ def runs_of(root: Path, experiment: str) -> list:
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["tags.`sweep/job`"])
 
 
+def prepare_demo_sets(root: Path, corpus: dict[str, Path], n_sets: int) -> Path:
+    """``n_sets`` cross-validation sets of 32 demo utterances in ``root/sets`` (``paths.sets_dir``)."""
+    rows = read_manifest(corpus["train"])[:32]  # 8 per category, several speakers each
+    write_manifest(
+        root / "corpus.jsonl", [{k: r[k] for k in ("audio_filepath", "phones", "category", "speaker")} for r in rows]
+    )
+    prepare_sets(root / "corpus.jsonl", root / "sets", n_sets=n_sets)
+    return root / "sets"
+
+
 _SET_SWEEP: dict[str, tuple[Path, Path]] = {}
 
 
@@ -77,11 +87,7 @@ def set_sweep(tmp_path_factory, demo_corpus) -> tuple[Path, Path]:
     if "sweep" in _SET_SWEEP:
         return _SET_SWEEP["sweep"]
     root = tmp_path_factory.mktemp("set-sweep")
-    rows = read_manifest(demo_corpus["train"])[:32]  # 8 per category, several speakers each
-    write_manifest(
-        root / "corpus.jsonl", [{k: r[k] for k in ("audio_filepath", "phones", "category", "speaker")} for r in rows]
-    )
-    prepare_sets(root / "corpus.jsonl", root / "sets", n_sets=2)
+    prepare_demo_sets(root, demo_corpus, n_sets=2)
     sweep = multirun(
         root,
         "+experiment=onSet1,onSet2",
@@ -174,6 +180,10 @@ def test_slurm_launcher_is_submitit_with_one_gpu_per_job(tmp_path):
     cfg = compose_config(tmp_path, ["+experiment=onSet1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.partition) == (1, "gpu")
+    # The warning SLURM is asked to send before preemption or the time limit is the one the callback handles.
+    warning, seconds = cfg.hydra.launcher.additional_parameters.signal.split("@")
+    assert warning == cfg.callbacks.requeue_when_warned.signal_name and int(seconds) > 0
+    assert cfg.hydra.launcher.additional_parameters.requeue is True
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from broadclass.tracking.mlflow_run import single_run_name
 from broadclass.tracking.spool import SpoolingClient
-from broadclass.tracking.store import is_server
+from broadclass.tracking.store import is_server, server_access
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,17 @@ class BufferedMLFlowLogger(MLFlowLogger):
             return self._mlflow_client
         resuming = self._run_id is not None
         exported = os.environ.get("MLFLOW_TRACKING_URI")
-        client = super().experiment
-        # Lightning calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI to the whole process:
-        # a config composed later in it (a notebook, the next test) would log into this store.
-        if exported is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = exported
-        logged = self._logged_steps(client) if resuming else set()
+        try:
+            with server_access(self._tracking_uri, f"create runs in experiment {self._experiment_name!r}"):
+                client = super().experiment
+                logged = self._logged_steps(client) if resuming else set()
+        finally:
+            # Lightning calls mlflow.set_tracking_uri, which exports MLFLOW_TRACKING_URI to the whole process:
+            # a config composed later in it (a notebook, the next test) would log into this store.
+            if exported is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
         spooling = SpoolingClient(client, self._tracking_uri, self.spool_dir, self.retry_interval_s, logged)
         # What an interrupted session left in the spool goes first, and counts as logged.
         for record in spooling.spool.pending:

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger
 
 from broadclass.data.labels import LabelMap
 from broadclass.metrics import category_keys
+from broadclass.tracking.store import server_access
 
 # The experiment tag that makes the UI open an experiment in its "Model training" view, not the GenAI one.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -29,31 +30,42 @@ def mlflow_logger(loggers: Iterable[Logger] | Logger | None) -> MLFlowLogger | N
     return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
 
 
-def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str | None:
-    """Create a SQLite store's tables and the experiment, one process at a time; returns the experiment id.
+def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
+    """The experiment's id, created first where it does not exist; call before building the loggers.
 
-    The jobs of a parallel sweep (joblib, submitit) start together: on a new SQLite store each would run
-    MLflow's schema migrations at once, which fails and can leave the store half-migrated. A lock file
-    beside the database lets one job create it; the others then find it. Call before building the
-    loggers (Lightning's MLflow logger opens the store, migrating it, when built). A tracking server
-    creates its own tables: other URIs are left to the logger (None).
+    The jobs of a parallel sweep (joblib, submitit, SLURM) start together and would race to create it:
+
+    * on a new SQLite store each would also run MLflow's schema migrations at once, which fails and can leave
+      the store half-migrated: a lock file beside the database lets one job create it, the others find it;
+    * on a tracking server, the jobs that lose the race get ``RESOURCE_ALREADY_EXISTS`` and read it instead.
     """
-    uri = logger_cfg["tracking_uri"]
-    if not uri.startswith("sqlite:///"):
-        return None
-    from filelock import FileLock
     from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    uri, name = logger_cfg["tracking_uri"], logger_cfg["experiment_name"]
+
+    def get_or_create() -> str:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=logger_cfg.get("artifact_location"))
+        except RestException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+
+    if not uri.startswith("sqlite:///"):
+        with server_access(uri, f"use experiment {name!r}"):
+            return get_or_create()
+    from filelock import FileLock
 
     database = Path(uri[len("sqlite:///") :])
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{database}.lock"):
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(logger_cfg["experiment_name"])
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(
-            logger_cfg["experiment_name"], artifact_location=logger_cfg.get("artifact_location")
-        )
+        return get_or_create()
 
 
 def single_run_name(experiment_name: str) -> str:

@@ -2,10 +2,11 @@
 
 :class:`SpoolingClient` is the ``MlflowClient`` the logger (:mod:`broadclass.tracking.logger`) hands to
 Lightning: every write (metrics, params, tags, artifacts, the final status) goes to the server as before;
-when one fails because the server cannot be reached, it and every later write are kept in a :class:`Spool`
-(``journal.jsonl`` and ``files/`` in the run's ``mlflow_spool`` folder), and training goes on. The spool is
-sent whenever the server answers again (tried at most every ``retry_interval_s``) and at the end of training.
-What is still left then is sent by the next run of the same command, or by this module's command::
+when one fails because the server cannot be reached, or refuses the user (HTTP 401/403: a password changed or
+a permission revoked mid-run), it and every later write are kept in a :class:`Spool` (``journal.jsonl`` and
+``files/`` in the run's ``mlflow_spool`` folder), each record with the reason it was kept, and training goes on.
+The spool is sent whenever the server answers again (tried at most every ``retry_interval_s``) and at the end
+of training. What is still left then is sent by the next run of the same command, or by this module's command::
 
     python -m broadclass.tracking.spool <spool_dir> [tracking_uri=<uri>] [timeout=60]
 
@@ -31,7 +32,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
 from broadclass.config import argument, parse_arguments
-from broadclass.tracking.store import is_server
+from broadclass.tracking.store import is_server, refusal
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,12 @@ class Spool:
             self.pending = [r for r in records if r["seq"] > sent]
             self._seq = max((r["seq"] for r in records), default=0)
 
-    def keep(self, record: dict, files: Callable[[Path], None] | None = None) -> None:
-        """Keep ``record`` on disk after those waiting; ``files`` writes its artifact files into a folder."""
+    def keep(self, record: dict, files: Callable[[Path], None] | None = None, reason: str | None = None) -> None:
+        """Keep ``record`` on disk after those waiting; ``files`` writes its artifact files into a folder;
+        ``reason``: why its send failed (a record kept behind others waiting has none of its own)."""
         just_failed = not self.pending
         self._seq += 1
-        record = {"seq": self._seq, **record}
+        record = {"seq": self._seq, **record, **({"reason": reason} if reason else {})}
         if files is not None:
             folder = self.folder / "files" / str(self._seq)
             folder.mkdir(parents=True, exist_ok=True)
@@ -92,8 +94,9 @@ class Spool:
                 self.send(self._resolved(self.pending[0]))
                 (self.folder / SENT).write_text(str(self.pending.pop(0)["seq"]))
                 sent += 1
-        except ConnectionError:
+        except ConnectionError as err:
             self._next_retry = time.monotonic() + self.retry_interval_s
+            log.warning("MLflow: %d record(s) still waiting in %s: %s", len(self.pending), self.folder, err)
             return False
         finally:
             if sent:
@@ -141,28 +144,33 @@ def send_record(client: MlflowClient, record: dict) -> None:
         raise ValueError(f"unknown spooled operation {op!r}")
 
 
-def unreachable(err: Exception, uri: str) -> bool:
-    """Whether a failed write never reached the server ``uri`` (worth sending again later).
+def deferred(err: Exception, uri: str) -> str | None:
+    """Why a failed write to the server ``uri`` is kept to be sent again later; None when it is an error.
 
-    A server's own answer to a bad write (RestException: it parsed the request and refused it) is not;
-    nor is any failure of a store that is not a server (SQLite).
+    Kept: writes that never reached the server, and writes the server refused for the user (HTTP 401/403),
+    which wait for credentials it accepts. Not kept: a server's own answer to a bad write (RestException: it
+    parsed the request and refused it), and any failure of a store that is not a server (SQLite).
     """
-    return (
-        is_server(uri)
-        and isinstance(err, MlflowException | requests.RequestException)
-        and not isinstance(err, RestException)
-    )
+    if not is_server(uri):
+        return None
+    status = refusal(err)
+    if status is not None:
+        return f"refused by the server for this user (HTTP {status} {err.error_code})"
+    if isinstance(err, MlflowException | requests.RequestException) and not isinstance(err, RestException):
+        return f"server unreachable ({type(err).__name__})"
+    return None
 
 
 def sender(client: MlflowClient, uri: str) -> Callable[[dict], None]:
-    """``send_record`` raising ConnectionError when the server could not be reached."""
+    """``send_record`` raising ConnectionError, with the reason, when the write is to be kept for later."""
 
     def send(record: dict) -> None:
         try:
             send_record(client, record)
         except Exception as err:
-            if unreachable(err, uri):
-                raise ConnectionError(f"{type(err).__name__}: {err}") from err
+            reason = deferred(err, uri)
+            if reason is not None:
+                raise ConnectionError(reason) from err
             raise
 
     return send
@@ -191,14 +199,17 @@ class SpoolingClient:
                 send()
                 return
             except Exception as err:
-                if not unreachable(err, self._uri):
+                reason = deferred(err, self._uri)
+                if reason is None:
                     raise
                 log.warning(
-                    "MLflow server %s unreachable (%s): training goes on, logs are kept in %s and sent when it answers",
+                    "MLflow server %s: %s; training goes on, logs are kept in %s and sent when it accepts them",
                     self._uri,
-                    type(err).__name__,
+                    reason,
                     self.spool.folder,
                 )
+                self.spool.keep(record, files, reason)
+                return
         self.spool.keep(record, files)
 
     # ---- writes --------------------------------------------------------------------------------

@@ -5,18 +5,22 @@ modules need to reach the store the project logs to. Light to import: MLflow is 
 opened, requests when a server is probed.
 
 :func:`check_tracking_server` probes a server URI (``http://…``) once, without retries; ``train`` calls it
-before anything else, so an unreachable server stops a run in seconds.
+before anything else, so an unreachable server stops a run in seconds. A server with logins (``mlflow server
+--app-name basic-auth``) that refuses the user (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) stops it with
+:class:`TrackingServerRefused` as soon as the experiment is looked up or the run created: before training.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broadclass.config import project_root
+from broadclass.config import ConfigError, project_root
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -79,6 +83,45 @@ def check_tracking_server(uri: str) -> None:
             "Start it (mlflow server …), or log to a local store instead: unset MLFLOW_TRACKING_URI "
             "(the default is sqlite:///<project>/mlflow.db)."
         )
+
+
+# MLflow's error codes for a server's HTTP 401 and 403 (its basic-auth app answers them in plain text).
+REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+class TrackingServerRefused(ConfigError):
+    """The tracking server refused this user: wrong or missing credentials, or no permission."""
+
+
+def refusal(err: Exception) -> int | None:
+    """The HTTP status (401, 403) when ``err`` is a tracking server refusing the user; otherwise None."""
+    return REFUSALS.get(getattr(err, "error_code", None))
+
+
+@contextmanager
+def server_access(uri: str, action: str) -> Iterator[None]:
+    """Turns the server's refusal of what the block does (``action``: "create runs in experiment 'demo'") into
+    :class:`TrackingServerRefused` saying what to change; the credentials are named by user, never shown."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        status = refusal(err)
+        if status is None:
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 401:
+            given = f"user {user!r}" if user else "no MLFLOW_TRACKING_USERNAME"
+            raise TrackingServerRefused(
+                f"MLflow tracking server {uri} refused the credentials ({given}; HTTP 401) when asked to {action}.\n"
+                "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on that server."
+            ) from None
+        raise TrackingServerRefused(
+            f"MLflow tracking server {uri}: user {user!r} has no permission to {action} (HTTP 403). Nothing was "
+            "written. Ask the server's admin for EDIT permission, or log to an experiment of your own "
+            "(experiment_name=<name>)."
+        ) from None
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
