@@ -179,11 +179,12 @@ def test_the_same_command_finds_its_unfinished_run_folder_and_a_finished_one_sta
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") != first
 
 
-def test_the_train_sampler_goes_on_after_the_batches_already_trained():
+@pytest.mark.parametrize("batch_seconds", [None, 12.0], ids=["rows", "seconds"])
+def test_the_train_sampler_goes_on_after_the_batches_already_trained(batch_seconds):
     durations = [1.0 + (i * 7) % 11 for i in range(40)]
 
     def sampler() -> LengthBucketBatchSampler:
-        return LengthBucketBatchSampler(durations, 4, seed=1)
+        return LengthBucketBatchSampler(durations, 4, seed=1, jitter=0.02, batch_seconds=batch_seconds)
 
     uninterrupted = sampler()
     uninterrupted.set_epoch(2)
