@@ -118,12 +118,20 @@ def validation_files(corpus_config):
     ]
 
 
-def test_predict_gives_the_same_tokens_at_batch_size_1_and_8(module, validation_files):
+def test_predict_gives_the_same_tokens_at_batch_size_1_and_8_and_by_seconds(module, validation_files):
     trained = TrainedModel(module, metadata={}, source="random init")
     one = predict.predict(trained, validation_files, batch_size=1).records
     eight = predict.predict(trained, validation_files, batch_size=8).records
+    by_seconds = predict.predict(trained, validation_files, batch_seconds=4.0).records
+    sizes = [
+        len(b)
+        for b in predict.length_sorted_batches(
+            [predict.Utterance(r["id"], "", "", duration=r["duration"]) for r in one], 1, 4.0
+        )
+    ]
+    assert max(sizes) > 1 and len(set(sizes)) > 1, f"batches of {sizes}"
     assert any(r["tokens"] for r in one)
-    assert [r["tokens"] for r in eight] == [r["tokens"] for r in one]
+    assert [r["tokens"] for r in eight] == [r["tokens"] for r in by_seconds] == [r["tokens"] for r in one]
 
 
 def validation_hypotheses(

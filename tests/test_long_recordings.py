@@ -1,0 +1,105 @@
+"""Recordings of any length: predict transcribes them in overlapping windows stitched on their own timeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from broadclass import predict
+from broadclass.data.audio import decode, decode_span, normalize, read_header
+from broadclass.data.manifest import read_manifest
+from broadclass.model.windows import infer_windows, plan_windows
+from broadclass.tracking.run_model import load_model
+from tests.conftest import compose_config, demo_overrides
+
+RATE = 16_000
+
+
+def frames_of(net):
+    return lambda n: int(net._get_feat_extract_output_lengths(torch.tensor(n)))
+
+
+@pytest.mark.parametrize("total", [64_000, 64_320, 100_000, 160_000, 480_123, 1_000_000])
+def test_the_windows_kept_frames_tile_the_recordings_frames_exactly(trained_run, total):
+    net = load_model(trained_run.checkpoint).module.net
+    frames = frames_of(net)
+    windows = plan_windows(total, 64_000, 16_000, 320, frames)  # 4 s windows, 1 s context each side
+    assert windows[0].keep_start == 0 and windows[-1].keep_stop == frames(total)  # as an unchunked forward
+    for before, after in zip(windows, windows[1:], strict=False):
+        assert before.keep_stop == after.keep_start
+        assert after.start - before.start == 32_000
+    for window in windows:
+        assert window.start % 320 == 0 and window.first_frame == window.start // 320
+        # A window gives only frames its own forward computes, and drops its context at inner edges.
+        assert window.first_frame <= window.keep_start < window.keep_stop
+        assert window.keep_stop <= window.first_frame + frames(window.stop - window.start)
+    assert windows[-1].stop == total and (len(windows) == 1) == (total <= 64_000)
+
+
+def test_a_window_needs_context_at_both_ends_and_something_left_to_keep(trained_run):
+    frames = frames_of(load_model(trained_run.checkpoint).module.net)
+    for window, context in [(64_000, 0), (64_000, 32_000), (64_000, 100)]:
+        with pytest.raises(ValueError):
+            plan_windows(200_000, window, context, 320, frames)
+
+
+def test_a_recording_of_one_window_gives_exactly_the_unchunked_output(trained_run, demo_corpus, tmp_path):
+    module = load_model(trained_run.checkpoint).module.eval()
+    path = read_manifest(demo_corpus["validation"])[0]["audio_filepath"]
+    wave = decode(path)
+    frames = frames_of(module.net)
+    (window,) = plan_windows(len(wave), 20 * RATE, 3 * RATE, 320, frames)
+    with torch.inference_mode():
+        stitched = infer_windows(module, lambda a, b: decode_span(path, a, b), [window], [[0]])
+        whole = module.infer(torch.from_numpy(normalize(wave))[None], torch.ones(1, len(wave), dtype=torch.long))
+    assert torch.equal(stitched.logits, whole["logits"].float())
+    assert stitched.output_lengths.tolist() == whole["output_lengths"].tolist()
+    # and predict's record of it: whole, as before windows existed, with no windows listed.
+    trained = load_model(trained_run.checkpoint)
+    utterance = [predict.Utterance("u", path, path)]
+    duration = read_header(path).duration  # what predict reads (the demo's files are 22.05 kHz)
+    (just_fits,) = predict.predict(trained, utterance, window_seconds=duration, window_context_seconds=0.2).records
+    (default,) = predict.predict(trained, utterance).records
+    assert just_fits == default and "windows" not in default and default["tokens"]
+    (cut,) = predict.predict(trained, utterance, window_seconds=duration - 0.1, window_context_seconds=0.2).records
+    assert len(cut["windows"]) == 2
+
+
+def test_a_long_file_is_predicted_in_windows_with_its_real_time_factor_beside_a_short_one(
+    trained_run, demo_corpus, tmp_path, capsys
+):
+    rows = read_manifest(demo_corpus["validation"])
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    shutil.copy(rows[0]["audio_filepath"], folder / "utterance.wav")
+    waves = [decode(row["audio_filepath"]) for row in rows]
+    session = np.concatenate([waves[i % len(waves)] for i in range(70)])  # about two minutes
+    sf.write(folder / "session.wav", session, RATE, subtype="PCM_16")
+    out = tmp_path / "long.jsonl"
+
+    args = [f"model={trained_run.checkpoint}", f"input={folder}", f"output={out}", "batch_seconds=60"]
+    assert predict.main(args) == 0
+
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"session", "utterance"} and "windows" not in records["utterance"]
+    long = records["session"]
+    assert long["duration"] == pytest.approx(len(session) / RATE, abs=1e-3)
+    spans = long["windows"]
+    assert len(spans) == len(
+        plan_windows(len(session), 20 * RATE, 3 * RATE, 320, frames_of(load_model(trained_run.checkpoint).module.net))
+    )
+    assert spans[0]["start"] == 0 and spans[-1]["end"] == pytest.approx(long["duration"], abs=0.03)
+    assert all(a["end"] == b["start"] for a, b in zip(spans, spans[1:], strict=False))
+    for span in spans:
+        assert set(span["category"]) == set(long["category"])
+    starts = [s["start"] for s in long["segments"]]
+    assert starts == sorted(starts) and starts[-1] > 60  # tokens on the recording's timeline, to its end
+    err = " ".join(capsys.readouterr().err.split())
+    assert "real-time factor" in err and f"{long['duration'] + records['utterance']['duration']:.1f} s of audio" in err
