@@ -17,7 +17,7 @@ from broadclass.data.audio import decode, decode_span, normalize, read_header
 from broadclass.data.manifest import read_manifest
 from broadclass.model.windows import infer_windows, plan_windows
 from broadclass.tracking.run_model import load_model
-from tests.conftest import compose_config, demo_overrides
+from tests.conftest import compose_config
 
 RATE = 16_000
 
@@ -103,3 +103,54 @@ def test_a_long_file_is_predicted_in_windows_with_its_real_time_factor_beside_a_
     assert starts == sorted(starts) and starts[-1] > 60  # tokens on the recording's timeline, to its end
     err = " ".join(capsys.readouterr().err.split())
     assert "real-time factor" in err and f"{long['duration'] + records['utterance']['duration']:.1f} s of audio" in err
+
+
+# A session: held-out utterances of one voice played one after another, each about 1.75 s; windows of 4 s with
+# 1 s of context, so the session is cut in several windows and most utterances meet a window's edge.
+SESSION_UTTERANCES = 8
+# Tolerance: the stitched tokens may differ from the utterances' own by this share of their tokens (edit
+# distance). An utterance heard after another is not heard alone: the encoder attends to its neighbours and
+# normalises over the window; with the demo trained 3,000 steps (fine-tuned from its pretrained encoder) the
+# difference was 5-17 % in 4-s windows.
+TOKEN_TOLERANCE = 0.25
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains the demo 1,500 steps (~4-5 min on an idle 2-core machine)
+def test_a_session_of_known_utterances_gives_each_utterances_tokens_in_its_own_time(tmp_path_factory, empty_mlflow_db):
+    from broadclass.train import train
+
+    root = tmp_path_factory.mktemp("session")
+    shutil.copy(empty_mlflow_db, root / "mlflow.db")
+    steps = ["trainer.max_steps=1500", "val_every_n_optimizer_steps=1500", "test_after_fit=false"]
+    cfg = compose_config(root, ["+experiment=demo", *steps, "trainer.enable_progress_bar=false"])
+    train(cfg)
+    (checkpoint,) = (Path(cfg.paths.output_dir) / "checkpoints").glob("step*.ckpt")
+    trained = load_model(checkpoint)
+    validation = Path(cfg.paths.data_dir) / "demo" / "voice" / "validation.jsonl"
+    rows = [row for row in read_manifest(validation) if row["category"] == "male"][:SESSION_UTTERANCES]
+    waves = [decode(row["audio_filepath"]) for row in rows]
+    session = root / "session.wav"
+    sf.write(session, np.concatenate(waves), RATE, subtype="FLOAT")
+
+    alone = predict.predict(trained, [predict.Utterance(r["id"], r["audio_filepath"], r["id"]) for r in rows]).records
+    (whole,) = predict.predict(
+        trained, [predict.Utterance("session", str(session), "session")], window_seconds=4, window_context_seconds=1
+    ).records
+
+    assert len(whole["windows"]) >= 4
+    expected = [token for record in alone for token in record["tokens"]]
+    owner = [n for n, record in enumerate(alone) for _ in record["tokens"]]
+    assert len(expected) > 10 * SESSION_UTTERANCES / 2, "the model should decode the utterances"
+    distance = Levenshtein.distance(expected, whole["tokens"])
+    assert distance <= TOKEN_TOLERANCE * len(expected), (distance, len(expected))
+    # Each token matched to an utterance's own starts inside that utterance's stretch of the session.
+    bounds = np.cumsum([0.0] + [len(w) / RATE for w in waves])
+    matched = [
+        (owner[i], whole["segments"][j]["start"])
+        for block in Levenshtein.opcodes(expected, whole["tokens"])
+        if block.tag == "equal"
+        for i, j in zip(range(block.src_start, block.src_end), range(block.dest_start, block.dest_end), strict=True)
+    ]
+    outside = [(n, start) for n, start in matched if not bounds[n] - 0.02 <= start < bounds[n + 1]]
+    assert len(matched) >= (1 - TOKEN_TOLERANCE) * len(expected) and not outside, outside
