@@ -306,7 +306,8 @@ def predict_long(
     the span of the timeline it gives."""
     net = module.net
     stride = round(frame_seconds(net.config, SAMPLE_RATE) * SAMPLE_RATE)
-    total = read_header(utt.audio_filepath).frames * SAMPLE_RATE // read_header(utt.audio_filepath).sample_rate
+    header = read_header(utt.audio_filepath)
+    total = header.frames * SAMPLE_RATE // header.sample_rate  # samples at 16 kHz
     windows = plan_windows(
         total,
         round(window_seconds * SAMPLE_RATE / stride) * stride,
@@ -422,11 +423,11 @@ def predict(
     outputs.records = [by_index[n] for n in sorted(by_index)]
     outputs.audio_seconds = sum(record["duration"] for record in outputs.records)
     outputs.wall_seconds = time.perf_counter() - started
-    if scored and len(by_index) > len(windowed):
+    scored_records = sum(n in by_index for n in position)  # recordings in windows are not scored
+    if scored and scored_records:
         trained_at = trained.metadata.get("report") or {}  # the model's last validation
         result = module.evaluation_result("test", int(trained_at.get("step", 0)), int(trained_at.get("epoch", 0)))
-        whole_records = len(by_index) - sum(n in by_index for n, _ in windowed)
-        outputs.report = {"source": trained.source, "utterances": whole_records, **result.summary()}
+        outputs.report = {"source": trained.source, "utterances": scored_records, **result.summary()}
     return outputs
 
 
