@@ -154,3 +154,16 @@ def test_a_session_of_known_utterances_gives_each_utterances_tokens_in_its_own_t
     ]
     outside = [(n, start) for n, start in matched if not bounds[n] - 0.02 <= start < bounds[n + 1]]
     assert len(matched) >= (1 - TOKEN_TOLERANCE) * len(expected) and not outside, outside
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # a limit for hangs, several times its duration on a loaded 2-core machine
+def test_the_long_recording_benchmark_measures_predict_and_the_pipeline(tmp_path):
+    from benchmarks.long_recording import main
+
+    out = tmp_path / "long.json"
+    main(["--minutes", "0.5", "--pipeline", "--threads", "1", f"--work={tmp_path / 'work'}", f"--out={out}"])
+    ours, theirs = json.loads(out.read_text())["runs"]
+    assert (ours["system"], theirs["system"]) == ("predict", "pipeline")
+    assert ours["windows"] == 2 and ours["tokens"] > 0 and ours["peak_rss_mb"] > 100 and ours["real_time_factor"] > 0
+    assert theirs["token_distance_to_predict"] < 0.2 and theirs["peak_rss_mb"] > 100
