@@ -242,3 +242,17 @@ def test_compare_two_runs_gives_the_paired_tests_of_scipy_and_jiwer(run, tmp_pat
     assert "alone right 0" in text and "p = 1 " in text and "= +0.0000" in text
     assert main(["--compare", run_id, "no-such-run", "--tracking-uri", client.tracking_uri]) == 2
     assert "no run with id or name 'no-such-run'" in capsys.readouterr().err
+
+
+def test_card_of_a_run_by_seconds_names_the_seconds_not_the_unused_row_count(tmp_path):
+    from omegaconf import OmegaConf
+
+    from broadclass.tracking.model_card import RunRecord, _hyperparameters
+    from tests.conftest import compose_config
+
+    overrides = ["+experiment=demo", "data.batch_seconds=60", "data.batch_quadratic_duration=20"]
+    config = OmegaConf.to_container(compose_config(tmp_path, overrides), resolve=True)
+    lines = _hyperparameters(RunRecord(run=None, config=config, histories={}, client=None)).splitlines()
+    assert "- train_batch_seconds: 60" in lines and "- batch_quadratic_duration: 20" in lines
+    assert f"- eval_batch_size: {config['data']['eval_batch_size']}" in lines
+    assert not [line for line in lines if line.startswith(("- train_batch_size", "- total_train_batch_size"))]
