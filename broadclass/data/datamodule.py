@@ -186,8 +186,8 @@ class LengthBucketBatchSampler(Sampler[list]):
         if self.batch_seconds is None:
             cuts = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         else:
-            cut = seconds_batches(order, seconds, self.batch_seconds, self.quadratic_duration)
-            cuts = split_to(cut, self.num_batches)
+            greedy = seconds_batches(order, seconds, self.batch_seconds, self.quadratic_duration)
+            cuts = split_to(greedy, self.num_batches)
         batches = [[(i, float(speed[i])) for i in cut] for cut in cuts] if self.perturbed else cuts
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
