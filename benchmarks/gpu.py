@@ -26,7 +26,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.throughput import ROOT, add_model_flop_utilization, compare, prepare_data, table
+from benchmarks.throughput import ROOT, add_model_flop_utilization, compare, prepare_data, table, utilization_text
 
 FULL = {"steps": 300, "warmup": 20, "val_every": 100, "n_train": 3200, "n_val": 100}
 SMOKE = {"steps": 10, "warmup": 3, "val_every": 5, "n_train": 48, "n_val": 16}
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["settings"] = {**plan, "overrides": shared}
     add_model_flop_utilization(result, shared, args.peak_tflops)
     print(table({key: value for key, value in result["summary"].items() if key in CHECK_FIGURES}))
-    if result.get("mfu", {}).get("peak_tflops"):
-        print(f"model FLOP utilization: ours {result['mfu']['ours']:.3f}, HF Trainer {result['mfu']['theirs']:.3f}")
+    if "mfu" in result:
+        print(utilization_text(result["mfu"]))
     out = args.out or work / "gpu-check.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"[gpu-check] wrote {out}")

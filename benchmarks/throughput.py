@@ -202,8 +202,10 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
 
 
 def train_flops_per_audio_second(overrides: Sequence[str], seconds: float, batch_size: int) -> float:
-    """FLOPs of one forward + backward of the network (feature encoder frozen as configured, layerdrop
-    and masking off), per second of audio, measured with torch's FLOP counter on one batch."""
+    """FLOPs of one forward + backward of the network per second of audio, counted with torch's FLOP counter
+    (``torch.utils.flop_counter``: matmuls and convolutions, the feature encoder's included; its backward too
+    unless the config freezes it) on one batch of ``batch_size`` utterances of ``seconds``, layerdrop and
+    masking off (eval mode). A count of the useful work: real audio, no padding."""
     import torch
     from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
@@ -227,6 +229,52 @@ def train_flops_per_audio_second(overrides: Sequence[str], seconds: float, batch
     with FlopCounterMode(display=False) as counter:
         net(audio).logits.float().sum().backward()
     return counter.get_total_flops() / (batch_size * seconds)
+
+
+def training_dtype(overrides: Sequence[str]):
+    """The dtype training's matmuls run in under the config's ``trainer.precision`` (16-mixed is bf16 on a CPU)."""
+    import torch
+
+    from benchmarks.hf_trainer_baseline import compose_config
+
+    precision = str(compose_config(overrides).trainer.precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16 if torch.cuda.is_available() else torch.bfloat16
+    return torch.float32
+
+
+def matmul_flops_per_second(dtype, threads: int | None, size: int | None = None) -> dict:
+    """The attainable FLOP/s: the best of 5 timings of a dense ``size`` x ``size`` matmul in ``dtype`` with the
+    benchmark's threads (torch's default when None), each timing at least 0.3 s of repeated products."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = size or (8192 if device == "cuda" else 1024)
+    default_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+        for _ in range(3):
+            a @ b
+        best = 0.0
+        for _ in range(5):
+            count, start = 0, time.perf_counter()
+            while True:
+                a @ b
+                count += 1
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+                if elapsed >= 0.3:
+                    break
+            best = max(best, 2 * size**3 * count / elapsed)
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(default_threads)
+    return {"flops_per_s": best, "dtype": str(dtype).removeprefix("torch."), "size": size, "threads": used}
 
 
 def peak_tflops(device: str, given: float | None) -> float | None:
@@ -339,23 +387,47 @@ def compare(
     return {"machine": machine(), "summary": summary, "runs": runs}
 
 
-def add_model_flop_utilization(result: dict, shared: list[str], given_peak_tflops: float | None) -> None:
-    """On a GPU: training FLOPs per audio second times each system's throughput, over the card's peak."""
+def add_model_flop_utilization(
+    result: dict, shared: list[str], given_peak_tflops: float | None, threads: int | None = None
+) -> None:
+    """Model FLOP utilisation of both systems: the network's training FLOPs per audio second
+    (:func:`train_flops_per_audio_second`) times each system's throughput, over the attainable FLOP/s measured
+    in the same run (:func:`matmul_flops_per_second`, training's dtype, the benchmark's threads); on a GPU also
+    over the card's dense fp16 peak (``PEAK_TFLOPS`` or ``--peak-tflops``)."""
     summary, runs = result["summary"], result["runs"]
-    if not result["machine"]["gpu"] or "train_audio_s_per_s" not in summary:
+    if "train_audio_s_per_s" not in summary:
         return
     batch = int(next((o.split("=", 1)[1] for o in shared if o.startswith("data.batch_size=")), 8))
-    durations = [d for run in runs[:1] for d in run["record"]["step_audio_s"]]
-    per_audio_s = train_flops_per_audio_second(shared, statistics.median(durations) / batch, batch)
-    peak = peak_tflops(result["machine"]["gpu"], given_peak_tflops)
+    step_audio = statistics.median([d for run in runs[:1] for d in run["record"]["step_audio_s"]])
+    per_audio_s = train_flops_per_audio_second(shared, step_audio / batch, batch)
+    matmul = matmul_flops_per_second(training_dtype(shared), threads)
+    peak = peak_tflops(result["machine"]["gpu"], given_peak_tflops) if result["machine"]["gpu"] else None
+    achieved = {system: summary["train_audio_s_per_s"][system]["median"] * per_audio_s for system in ("ours", "theirs")}
     result["mfu"] = {
         "train_flops_per_audio_s": per_audio_s,
+        "train_flops_per_step": per_audio_s * step_audio,
+        "matmul": matmul,
+        **{system: flops / matmul["flops_per_s"] for system, flops in achieved.items()},
         "peak_tflops": peak,
-        **{
-            system: (summary["train_audio_s_per_s"][system]["median"] * per_audio_s / (peak * 1e12) if peak else None)
-            for system in ("ours", "theirs")
-        },
+        **({f"{system}_of_peak": flops / (peak * 1e12) for system, flops in achieved.items()} if peak else {}),
     }
+
+
+def utilization_text(mfu: dict) -> str:
+    matmul = mfu["matmul"]
+    lines = [
+        f"model FLOPs per training step (forward + backward, feature encoder included, real audio): "
+        f"{mfu['train_flops_per_step'] / 1e9:.2f} GFLOP ({mfu['train_flops_per_audio_s'] / 1e9:.2f} GFLOP per audio s)",
+        f"attainable: {matmul['size']}x{matmul['size']} {matmul['dtype']} matmul, {matmul['threads']} thread(s): "
+        f"{matmul['flops_per_s'] / 1e9:.1f} GFLOP/s",
+        f"model FLOP utilisation (of that matmul): ours {mfu['ours']:.1%}, HF Trainer {mfu['theirs']:.1%}",
+    ]
+    if mfu.get("peak_tflops"):
+        lines.append(
+            f"of the card's {mfu['peak_tflops']:g} TFLOP/s peak: ours {mfu['ours_of_peak']:.1%}, "
+            f"HF Trainer {mfu['theirs_of_peak']:.1%}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -386,7 +458,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(benchmarks/lightning_probe.py:PhaseProfile); the table goes to experiments/throughput/profile-LABEL.txt",
     )
     parser.add_argument("--systems", default="ours,theirs", help=argparse.SUPPRESS)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU beside the matmul's"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -430,12 +504,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
         work_dir=str(work),
     )
-    add_model_flop_utilization(result, shared, args.peak_tflops)
+    add_model_flop_utilization(result, shared, args.peak_tflops, args.threads)
     summary = result["summary"]
     if summary:
         print(table(summary))
     if "mfu" in result:
-        print(f"model FLOP utilization: {json.dumps(result['mfu'])}")
+        print(utilization_text(result["mfu"]))
     out = args.out or RESULTS_DIR / f"{args.model}-{'cuda' if result['machine']['gpu'] else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -94,6 +94,9 @@ class DataSchema:
     manifests_from: Any = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
+    batch_seconds: float | None = MISSING
+    eval_batch_seconds: float | None = MISSING
+    batch_quadratic_duration: float | None = MISSING
     num_workers: int = MISSING
     sample_rate: int = MISSING
     cache_dir: Any = MISSING

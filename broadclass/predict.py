@@ -1,12 +1,13 @@
 """Transcribe audio with a trained model into broad classes and decide each utterance's category.
 
 ``python -m broadclass.predict model=<checkpoint | exported folder | MLflow run id> input=<file | folder |
-manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [num_workers=0] [device=auto]
-[max_duration=30] [tracking_uri=...]``
+manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [batch_seconds=...] [window_seconds=20]
+[window_context_seconds=3] [num_workers=0] [device=auto] [tracking_uri=...]``
 
 Audio of any sample rate and channel count is decoded to 16 kHz mono (as in training). Utterances are
-batched by length (longest first, so an out-of-memory error comes at once), on the GPU when there is
-one. One JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
+batched by length (longest first, so an out-of-memory error comes at once), ``batch_size`` to a batch or, with
+``batch_seconds``, as many as keep rows x the longest's seconds within it; on the GPU when there is one. One
+JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
 ``tokens`` (``v_m``, ``|``, ...), ``text`` (the tokens space-separated: what the exported model's
 transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept), ``segments``
 (each token with its ``start`` and ``end`` in seconds: from the first encoder frame of its greedy CTC run
@@ -15,6 +16,14 @@ decision rule, the ``category`` with its ``confidence`` (``posterior``: the cate
 posterior mass; ``vote``: its share of the decoded tokens; ``head``: the head's probability), plus
 ``posteriors`` per category.
 
+A recording longer than ``window_seconds`` is transcribed in overlapping windows of that length
+(:mod:`broadclass.model.windows`: the transformers pipeline's chunk-and-stride, ``window_context_seconds`` at
+each end of a window computed for context and dropped), its tokens and segments on the recording's own
+timeline and its category decided over the whole recording; its record adds ``windows``: each window's
+span of the timeline (``start``, ``end``) with the category decided over that span. A recording up to one
+window long is predicted whole, exactly as without windows. Memory holds one batch of windows whatever
+the length.
+
 A manifest whose rows have ``phones`` and ``category`` is scored too, by the validation's own code
 (``BroadClassModule.evaluate_batch``), and each record gets its ``reference`` (``category``, ``tokens``).
 The report (per-category precision/recall/F1 under every rule, WER, TER, the loss, the broad-class
@@ -22,10 +31,10 @@ confusion with S/D/I rates per class and category, and the duration of each clas
 and written to ``<output stem>.report.txt`` and ``.report.json``: the keys of a validation's
 ``report.json`` (:class:`broadclass.model.evaluation.EvaluationResult`, stage ``test``, metric keys
 ``test/...``; ``step`` and ``epoch`` of the model's last validation) plus ``source`` (the model) and
-``utterances``. Files that cannot be read, and files longer than
-``max_duration`` seconds (default 30, as ``data.max_duration``; null: no limit), are listed on stderr and in
-``<output stem>.errors.jsonl``; every other file is still predicted. A long recording is refused, not cut:
-split it into utterances first (the model was trained on utterances; its memory grows with the length).
+``utterances``. Rows longer than one window get their reference but are not in the report (the
+validation's code scores utterances). Files that cannot be read are listed on stderr and in
+``<output stem>.errors.jsonl``; every other file is still predicted. At the end, the real-time factor: seconds
+of audio predicted per wall second (decoding, network, decoding of tokens; not the model's loading).
 ``<output stem>.error_browser.html`` is the error browser of the records (broadclass.tracking.error_browser;
 ``error_browser=false``: not written).
 """
@@ -35,6 +44,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,8 +56,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from broadclass.config import argument, parse_arguments
-from broadclass.data.audio import AudioError, decode, normalize, read_header
-from broadclass.data.datamodule import collate, pad_waves
+from broadclass.data.audio import AudioError, decode, decode_span, normalize, read_header
+from broadclass.data.datamodule import collate, pad_waves, seconds_batches
 from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 from broadclass.metrics import format_report
@@ -55,6 +65,7 @@ from broadclass.metrics.alignment import class_analysis_text
 from broadclass.model.checkpoint import ModelLoadError, TrainedModel
 from broadclass.model.decoding import category_posteriors, frame_seconds, vote_share
 from broadclass.model.module import BroadClassModule
+from broadclass.model.windows import infer_windows, plan_windows
 from broadclass.tracking.error_browser import BrowserLimits, prediction_page, write_page
 from broadclass.tracking.run_model import load_model
 
@@ -68,10 +79,16 @@ class PredictConfig:
     input: str = argument(help="an audio file, a folder of audio files, or a manifest (.jsonl)")
     output: str = argument("predictions.jsonl", "the JSON lines written (reports and errors beside it)")
     csv: bool = argument(False, "also write <output stem>.csv")
-    batch_size: int = argument(8, "utterances per batch")
+    batch_size: int = argument(8, "utterances (or windows of a long recording) per batch")
+    batch_seconds: float | None = argument(
+        None, "seconds of audio per batch, counted padded (rows x the longest); replaces batch_size (null: rows)"
+    )
+    window_seconds: float = argument(20.0, "a longer recording is transcribed in overlapping windows this long")
+    window_context_seconds: float = argument(
+        3.0, "at each end of a window, seconds run for context and dropped (the pipeline's stride_length_s)"
+    )
     num_workers: int = argument(0, "audio-decoding worker processes")
     device: str = argument("auto", "auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
-    max_duration: float | None = argument(30.0, "seconds; a longer file is refused (null: no limit)")
     tracking_uri: str | None = argument(None, "for a run id or name: default $MLFLOW_TRACKING_URI or the project's")
     error_browser: bool = argument(True, "also write <output stem>.error_browser.html (limits: conf/error_browser/)")
 
@@ -95,6 +112,13 @@ class Outputs:
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    audio_seconds: float = 0.0  # of the records
+    wall_seconds: float = 0.0  # from the first file read to the last record
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio predicted per wall second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
 def parse_args(argv: Sequence[str] | None) -> PredictConfig:
@@ -195,16 +219,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def length_sorted_batches(utterances: Sequence[Utterance], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(
+    utterances: Sequence[Utterance], batch_size: int, batch_seconds: float | None = None
+) -> list[list[int]]:
+    """Longest first, ``batch_size`` to a batch, or with ``batch_seconds`` as many as keep rows x the longest's
+    seconds within it (:func:`broadclass.data.datamodule.seconds_batches`)."""
     order = sorted(range(len(utterances)), key=lambda i: -utterances[i].duration)
+    if batch_seconds is not None:
+        return seconds_batches(order, [u.duration for u in utterances], batch_seconds)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def too_long(duration: float, max_duration: float) -> str:
-    return (
-        f"{duration:.1f} s is longer than max_duration={max_duration:g} s: not predicted (long recordings are "
-        "not cut into chunks); split it into utterances, or raise max_duration if memory allows"
-    )
 
 
 def failure(utt: Utterance, error: str) -> dict[str, str]:
@@ -216,21 +239,44 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
     references is scored as validation scores it, the module's evaluation metrics updated."""
     on_device = {k: v.to(module.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     if "labels" in batch:
-        out, segments, predictions = module.evaluate_batch(on_device)
+        out, segments, _ = module.evaluate_batch(on_device)
     else:
         out = module.infer(on_device["input_values"], on_device["attention_mask"])
-        segments, predictions = module.decode_outputs(out)
+        segments, _ = module.decode_outputs(out)
+    return output_records(module, labels, out, segments, batch["attention_mask"].sum(dim=1).tolist())
+
+
+def category_decisions(
+    module: BroadClassModule, labels: LabelMap, out: dict[str, torch.Tensor], decoded: list[list[int]]
+) -> list[dict[str, dict[str, Any]]]:
+    """Per utterance of ``out``, each rule's category with its confidence."""
+    preds = {rule: p.tolist() for rule, p in module.predict_categories(out, decoded).items()}
+    scores = rule_distributions(module, out, decoded)
+    names = labels.category_names
+    return [
+        {
+            rule: {"name": names[pred[row]], "confidence": round(float(scores[rule][row, pred[row]]), 4)}
+            for rule, pred in preds.items()
+        }
+        for row in range(len(decoded))
+    ]
+
+
+def output_records(
+    module: BroadClassModule,
+    labels: LabelMap,
+    out: dict[str, torch.Tensor],
+    segments: list[list[tuple[int, int, int]]],
+    samples: list[int],
+) -> list[dict[str, Any]]:
+    """The records of a forward's utterances (``samples`` long each) from their decoded segments."""
     decoded = [[token for token, _, _ in utterance] for utterance in segments]
     seconds = frame_seconds(module.net.config, SAMPLE_RATE)
-    preds = {rule: p.tolist() for rule, p in predictions.items()}
-    scores = rule_distributions(module, out, decoded)
-    samples = batch["attention_mask"].sum(dim=1).tolist()
+    posteriors = rule_distributions(module, out, decoded)["posterior"]
     token_class = labels.token_class()
-    names = labels.category_names
     records = []
-    for row, ids in enumerate(decoded):
+    for row, (ids, decisions) in enumerate(zip(decoded, category_decisions(module, labels, out, decoded), strict=True)):
         tokens = labels.decode(ids)
-        decisions = {rule: pred[row] for rule, pred in preds.items()}
         records.append(
             {
                 "duration": round(samples[row] / SAMPLE_RATE, 4),
@@ -241,16 +287,66 @@ def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, A
                     {"token": tokens[n], "start": round(start * seconds, 4), "end": round(end * seconds, 4)}
                     for n, (_, start, end) in enumerate(segments[row])
                 ],
-                "category": {
-                    rule: {"name": names[k], "confidence": round(float(scores[rule][row, k]), 4)}
-                    for rule, k in decisions.items()
-                },
+                "category": decisions,
                 "posteriors": {
-                    name: round(float(v), 4) for name, v in zip(names, scores["posterior"][row], strict=True)
+                    name: round(float(v), 4) for name, v in zip(labels.category_names, posteriors[row], strict=True)
                 },
             }
         )
     return records
+
+
+def predict_long(
+    module: BroadClassModule,
+    labels: LabelMap,
+    utt: Utterance,
+    window_seconds: float,
+    context_seconds: float,
+    batch_size: int,
+    batch_seconds: float | None,
+) -> dict[str, Any]:
+    """The record of a recording longer than one window: its windows' outputs stitched
+    (:mod:`broadclass.model.windows`), decoded and decided as one utterance, plus each window's decisions over
+    the span of the timeline it gives."""
+    net = module.net
+    stride = round(frame_seconds(net.config, SAMPLE_RATE) * SAMPLE_RATE)
+    header = read_header(utt.audio_filepath)
+    total = header.frames * SAMPLE_RATE // header.sample_rate  # samples at 16 kHz
+    windows = plan_windows(
+        total,
+        round(window_seconds * SAMPLE_RATE / stride) * stride,
+        round(context_seconds * SAMPLE_RATE / stride) * stride,
+        stride,
+        lambda n: int(net._get_feat_extract_output_lengths(torch.tensor(n))),
+    )
+    seconds = [(w.stop - w.start) / SAMPLE_RATE for w in windows]
+    order = list(range(len(windows)))
+    batches = (
+        seconds_batches(order, seconds, batch_seconds)
+        if batch_seconds
+        else [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    )
+    stitched = infer_windows(module, lambda a, b: decode_span(utt.audio_filepath, a, b, SAMPLE_RATE), windows, batches)
+    out = stitched.as_forward_output()
+    segments, _ = module.decode_outputs(out)
+    (record,) = output_records(module, labels, out, segments, [total])
+    frame = frame_seconds(net.config, SAMPLE_RATE)
+    spans = []
+    for n, window in enumerate(windows):
+        part = {"logits": out["logits"][:, window.keep_start : window.keep_stop]}
+        part["output_lengths"] = torch.tensor([window.keep_stop - window.keep_start])
+        if stitched.head_probabilities is not None:
+            part["category_logits"] = stitched.head_probabilities[n].log()[None]
+        decoded = [[token for token, start, _ in segments[0] if window.keep_start <= start < window.keep_stop]]
+        spans.append(
+            {
+                "start": round(window.keep_start * frame, 4),
+                "end": round(window.keep_stop * frame, 4),
+                "category": category_decisions(module, labels, part, decoded)[0],
+            }
+        )
+    record["windows"] = spans
+    return record
 
 
 def predict(
@@ -260,28 +356,39 @@ def predict(
     device: str = "auto",
     num_workers: int = 0,
     console: Console | None = None,
-    max_duration: float | None = None,
+    batch_seconds: float | None = None,
+    window_seconds: float = 20.0,
+    window_context_seconds: float = 3.0,
 ) -> Outputs:
-    """Records in input order, the files that failed or are longer than ``max_duration`` seconds (None: no
-    limit), and the report when references are given."""
+    """Records in input order (recordings longer than ``window_seconds`` in windows: :func:`predict_long`), the
+    files that failed, the report when references are given, and the seconds of audio and of wall time."""
+    if not 0 < 2 * window_context_seconds < window_seconds:
+        raise InputError(
+            f"window_context_seconds={window_context_seconds:g} must be positive and under half of "
+            f"window_seconds={window_seconds:g}: a window drops that much at each end"
+        )
+    started = time.perf_counter()
     outputs = Outputs()
-    readable: list[Utterance] = []
-    for utt in utterances:
+    whole: list[Utterance] = []
+    position: list[int] = []  # of each of whole in utterances
+    windowed: list[tuple[int, Utterance]] = []
+    for n, utt in enumerate(utterances):
         try:
             duration = read_header(utt.audio_filepath).duration
         except AudioError as err:
             outputs.errors.append(failure(utt, str(err)))
             continue
-        if max_duration is not None and duration > max_duration:
-            outputs.errors.append(failure(utt, too_long(duration, max_duration)))
+        if duration > window_seconds:
+            windowed.append((n, replace(utt, duration=duration)))
         else:
-            readable.append(replace(utt, duration=duration))
+            whole.append(replace(utt, duration=duration))
+            position.append(n)
     labels = trained.labels
     module = trained.module.to(resolve_device(device)).eval()
-    scored = check_references(readable, labels)
+    scored = check_references(whole + [utt for _, utt in windowed], labels)
     loader = DataLoader(
-        AudioDataset(readable, labels if scored else None),
-        batch_sampler=length_sorted_batches(readable, batch_size),
+        AudioDataset(whole, labels if scored else None),
+        batch_sampler=length_sorted_batches(whole, batch_size, batch_seconds),
         collate_fn=collate_readable,
         num_workers=num_workers,
         pin_memory=module.device.type == "cuda",
@@ -291,27 +398,45 @@ def predict(
         TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     )
     with progress, torch.inference_mode():
-        task = progress.add_task("predict", total=len(readable))
+        task = progress.add_task("predict", total=len(whole) + len(windowed))
         for batch in loader:
-            outputs.errors += [failure(readable[i], error) for i, error in batch["failed"]]
+            outputs.errors += [failure(whole[i], error) for i, error in batch["failed"]]
             if batch["indices"]:
-                batch_utts = [readable[i] for i in batch["indices"]]
+                batch_utts = [whole[i] for i in batch["indices"]]
                 records = [
                     {"id": utt.id, "audio_filepath": utt.audio_filepath, **record}
                     for utt, record in zip(batch_utts, predict_batch(module, labels, batch), strict=True)
                 ]
                 if scored:
                     for utt, record in zip(batch_utts, records, strict=True):
-                        tokens = labels.decode(labels.encode(utt.phones, utt.category))
-                        record["reference"] = {"category": utt.category, "tokens": tokens}
-                by_index.update(zip(batch["indices"], records, strict=True))
+                        record["reference"] = reference(labels, utt)
+                by_index.update(zip([position[i] for i in batch["indices"]], records, strict=True))
             progress.advance(task, len(batch["indices"]) + len(batch["failed"]))
-    outputs.records = [by_index[i] for i in sorted(by_index)]
-    if scored and outputs.records:
+        for n, utt in windowed:
+            try:
+                record = predict_long(
+                    module, labels, utt, window_seconds, window_context_seconds, batch_size, batch_seconds
+                )
+            except AudioError as err:
+                outputs.errors.append(failure(utt, str(err)))
+            else:
+                if scored:
+                    record["reference"] = reference(labels, utt)
+                by_index[n] = {"id": utt.id, "audio_filepath": utt.audio_filepath, **record}
+            progress.advance(task, 1)
+    outputs.records = [by_index[n] for n in sorted(by_index)]
+    outputs.audio_seconds = sum(record["duration"] for record in outputs.records)
+    outputs.wall_seconds = time.perf_counter() - started
+    scored_records = sum(n in by_index for n in position)  # recordings in windows are not scored
+    if scored and scored_records:
         trained_at = trained.metadata.get("report") or {}  # the model's last validation
         result = module.evaluation_result("test", int(trained_at.get("step", 0)), int(trained_at.get("epoch", 0)))
-        outputs.report = {"source": trained.source, "utterances": len(outputs.records), **result.summary()}
+        outputs.report = {"source": trained.source, "utterances": scored_records, **result.summary()}
     return outputs
+
+
+def reference(labels: LabelMap, utt: Utterance) -> dict[str, Any]:
+    return {"category": utt.category, "tokens": labels.decode(labels.encode(utt.phones, utt.category))}
 
 
 def report_text(report: dict[str, Any]) -> str:
@@ -344,7 +469,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         utterances = collect(cfg.input)
         trained = load_model(cfg.model, tracking_uri=cfg.tracking_uri)
-        outputs = predict(trained, utterances, cfg.batch_size, cfg.device, cfg.num_workers, stderr, cfg.max_duration)
+        outputs = predict(
+            trained,
+            utterances,
+            cfg.batch_size,
+            cfg.device,
+            cfg.num_workers,
+            stderr,
+            cfg.batch_seconds,
+            cfg.window_seconds,
+            cfg.window_context_seconds,
+        )
     except (InputError, ModelLoadError, ManifestError, UnknownPhoneError) as err:
         raise SystemExit(f"error: {err}") from None
     output = Path(cfg.output)
@@ -379,6 +514,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         output.with_suffix(".report.txt").write_text(text + "\n", encoding="utf-8")
         written += [str(output.with_suffix(".report.json")), str(output.with_suffix(".report.txt"))]
     stderr.print(f"{len(outputs.records)} of {len(utterances)} utterance(s) predicted: {', '.join(written)}")
+    stderr.print(
+        f"{outputs.audio_seconds:.1f} s of audio in {outputs.wall_seconds:.1f} s: real-time factor "
+        f"{outputs.real_time_factor:.1f} (audio seconds per wall second)"
+    )
     return 0 if outputs.records else 1
 
 

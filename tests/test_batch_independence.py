@@ -118,17 +118,27 @@ def validation_files(corpus_config):
     ]
 
 
-def test_predict_gives_the_same_tokens_at_batch_size_1_and_8(module, validation_files):
+def test_predict_gives_the_same_tokens_at_batch_size_1_and_8_and_by_seconds(module, validation_files):
     trained = TrainedModel(module, metadata={}, source="random init")
     one = predict.predict(trained, validation_files, batch_size=1).records
     eight = predict.predict(trained, validation_files, batch_size=8).records
+    by_seconds = predict.predict(trained, validation_files, batch_seconds=4.0).records
+    sizes = [
+        len(b)
+        for b in predict.length_sorted_batches(
+            [predict.Utterance(r["id"], "", "", duration=r["duration"]) for r in one], 1, 4.0
+        )
+    ]
+    assert max(sizes) > 1 and len(set(sizes)) > 1, f"batches of {sizes}"
     assert any(r["tokens"] for r in one)
-    assert [r["tokens"] for r in eight] == [r["tokens"] for r in one]
+    assert [r["tokens"] for r in eight] == [r["tokens"] for r in by_seconds] == [r["tokens"] for r in one]
 
 
-def validation_hypotheses(module: BroadClassModule, corpus_config, batch_size: int, precision: str) -> dict[str, list]:
+def validation_hypotheses(
+    module: BroadClassModule, corpus_config, batch_size: int, precision: str, batch_seconds: float | None = None
+) -> dict[str, list]:
     pl.seed_everything(0)
-    datamodule = instantiate(corpus_config.data, eval_batch_size=batch_size)
+    datamodule = instantiate(corpus_config.data, eval_batch_size=batch_size, eval_batch_seconds=batch_seconds)
     # 16-mixed: the CUDA recipe's fp16 autocast, run on the CPU through the plugin (trainer=cpu_fp16).
     amp = {"plugins": [MixedPrecision("16-mixed", "cpu")]} if precision == "16-mixed" else {"precision": precision}
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, **amp)
@@ -144,6 +154,17 @@ def test_validation_gives_the_same_tokens_at_batch_size_1_and_8(module, corpus_c
     ids = sorted(one)
     # Exactly, under bf16-mixed too: validation runs the network in fp32 (BroadClassModule.infer).
     assert [eight[i] for i in ids] == [one[i] for i in ids]
+
+
+def test_validation_gives_the_same_tokens_at_batch_size_1_and_in_batches_by_seconds(module, corpus_config):
+    datamodule = instantiate(corpus_config.data, eval_batch_seconds=4.0)
+    datamodule.setup("validate")
+    sizes = [len(batch) for batch in datamodule.val_dataloader().batch_sampler]
+    assert max(sizes) > 1 and len(set(sizes)) > 1, f"batches of {sizes}: nothing is batched differently"
+    one = validation_hypotheses(module, corpus_config, 1, "32-true")
+    by_seconds = validation_hypotheses(module, corpus_config, 1, "32-true", batch_seconds=4.0)
+    assert sorted(one) == sorted(by_seconds) and any(one.values())
+    assert [by_seconds[i] for i in sorted(one)] == [one[i] for i in sorted(one)]
 
 
 def test_without_the_padding_hooks_only_the_xlsr_layout_is_independent_of_padding(module):

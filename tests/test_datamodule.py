@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from broadclass.data.check import DataCheckError
-from broadclass.data.datamodule import LengthBucketBatchSampler, collate
+from broadclass.data.datamodule import LengthBucketBatchSampler, collate, seconds_batches
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 from tests.conftest import compose_config
 
@@ -65,6 +65,97 @@ def test_ranks_split_training_batches_evenly_and_evaluation_batches_without_repe
     evaluation = [list(LengthBucketBatchSampler(durations, 8, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
     seen = sorted(i for rank in evaluation for b in rank for i in b)
     assert seen == list(range(50))
+
+
+# 1-15 s, spread as real corpora are: many short utterances, a long tail.
+SPREAD = np.clip(np.random.default_rng(4).lognormal(np.log(4.0), 0.6, 300), 1.0, 15.0)
+
+
+def batch_cost(batch: list, durations: np.ndarray, quadratic: float | None = None) -> float:
+    """Rows × the longest row's seconds (with the quadratic penalty), for index or (index, speed) batches."""
+    seconds = [durations[i] / speed for i, speed in batch] if isinstance(batch[0], tuple) else durations[batch]
+    longest = max(seconds)
+    return len(batch) * (longest + (longest**2 / quadratic if quadratic else 0.0))
+
+
+@pytest.mark.parametrize("quadratic", [None, 20.0])
+@pytest.mark.parametrize("speeds", [(1.0,), (0.9, 1.0, 1.1)])
+def test_batches_by_seconds_keep_the_padded_batch_within_the_budget(quadratic, speeds):
+    sampler = LengthBucketBatchSampler(
+        SPREAD, 8, seed=1, jitter=0.02, batch_seconds=40.0, quadratic_duration=quadratic, speeds=speeds
+    )
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        over = [b for b in batches if len(b) > 1 and batch_cost(b, SPREAD, quadratic) > 40.0 + 1e-9]
+        assert not over, f"epoch {epoch}: {len(over)} batches over 40 s"
+        # The budget is used, not batches of one: short utterances come many to a batch.
+        assert np.mean([batch_cost(b, SPREAD, quadratic) for b in batches]) > 0.6 * 40.0
+        assert max(len(b) for b in batches) >= 4 * min(len(b) for b in batches)
+        indices = [i if isinstance(i, int) else i[0] for b in batches for i in b]
+        assert set(indices) == set(range(len(SPREAD)))  # every utterance, some again to fill the count
+
+
+def test_the_quadratic_penalty_gives_long_utterances_smaller_batches():
+    plain = LengthBucketBatchSampler(SPREAD, 8, seed=1, batch_seconds=40.0)
+    penalised = LengthBucketBatchSampler(SPREAD, 8, seed=1, batch_seconds=40.0, quadratic_duration=10.0)
+    rows_of_longest = [next(len(b) for b in sampler if int(np.argmax(SPREAD)) in b) for sampler in (plain, penalised)]
+    assert rows_of_longest[1] < rows_of_longest[0]
+    assert len(penalised) > len(plain)
+
+
+def test_an_utterance_longer_than_the_budget_is_a_batch_of_its_own():
+    assert seconds_batches([0, 1, 2, 3], [1.0, 1.0, 50.0, 1.0], 10.0) == [[0, 1], [2], [3]]
+
+
+def test_batches_by_seconds_depend_only_on_seed_and_epoch_and_change_between_epochs():
+    def epoch(seed: int, number: int) -> list:
+        sampler = LengthBucketBatchSampler(SPREAD, 8, seed=seed, jitter=0.02, batch_seconds=30.0, speeds=(0.9, 1.1))
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    assert epoch(7, 3) == epoch(7, 3)
+    assert epoch(7, 3) != epoch(7, 4) and epoch(7, 3) != epoch(8, 3)
+
+
+@pytest.mark.parametrize("speeds", [(1.0,), (0.9, 1.0, 1.1)])
+def test_every_epoch_by_seconds_has_the_length_lightning_reads_once(speeds):
+    """Lightning reads a training loader's length at the start and ends every epoch there; jitter and speeds
+    change each epoch's cut, never its count."""
+    sampler = LengthBucketBatchSampler(SPREAD, 8, seed=2, jitter=0.02, batch_seconds=25.0, speeds=speeds, multiple_of=2)
+    assert len(sampler) % 2 == 0
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        assert len(list(sampler)) == len(sampler)
+
+
+def test_ranks_get_the_same_number_of_batches_by_seconds_and_all_utterances_between_them():
+    ranks = [
+        LengthBucketBatchSampler(SPREAD, 8, seed=5, batch_seconds=35.0, num_replicas=3, rank=r, multiple_of=2)
+        for r in range(3)
+    ]
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        batches = [list(sampler) for sampler in ranks]
+        assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(ranks[0])
+        assert {i for rank in batches for b in rank for i in b} == set(range(len(SPREAD)))
+    evaluation = [
+        list(LengthBucketBatchSampler(SPREAD, 8, shuffle=False, batch_seconds=35.0, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
+    assert sorted(i for rank in evaluation for b in rank for i in b) == list(range(len(SPREAD)))
+
+
+def test_batches_by_seconds_even_out_the_padded_seconds_of_batches_of_eight():
+    """What it is for: on 1-15 s utterances batch 8's padded seconds range widely (memory must hold the
+    largest); by seconds, with batch 8's mean as the budget, none is over it and they vary much less."""
+    fixed = list(LengthBucketBatchSampler(SPREAD, 8, seed=1, jitter=0.02))
+    budget = float(np.mean([batch_cost(b, SPREAD) for b in fixed]))
+    by_seconds = list(LengthBucketBatchSampler(SPREAD, 8, seed=1, jitter=0.02, batch_seconds=budget))
+    costs = [[batch_cost(b, SPREAD) for b in batches] for batches in (fixed, by_seconds)]
+    assert max(costs[1]) <= budget < max(costs[0])
+    assert np.std(costs[1]) < np.std(costs[0]) / 2
 
 
 def test_speed_perturbation_gives_each_utterance_one_speed_per_epoch_and_buckets_the_perturbed_durations():

@@ -281,3 +281,17 @@ def test_compare_two_runs_writes_both_runs_error_browser_opened_where_they_disag
     assert len(opened.shown_ids()) == len(data["utterances"])
     assert opened.errors == [] and opened.requests == []
     opened.context.close()
+
+
+def test_card_of_a_run_by_seconds_names_the_seconds_not_the_unused_row_count(tmp_path):
+    from omegaconf import OmegaConf
+
+    from broadclass.tracking.model_card import RunRecord, _hyperparameters
+    from tests.conftest import compose_config
+
+    overrides = ["+experiment=demo", "data.batch_seconds=60", "data.batch_quadratic_duration=20"]
+    config = OmegaConf.to_container(compose_config(tmp_path, overrides), resolve=True)
+    lines = _hyperparameters(RunRecord(run=None, config=config, histories={}, client=None)).splitlines()
+    assert "- train_batch_seconds: 60" in lines and "- batch_quadratic_duration: 20" in lines
+    assert f"- eval_batch_size: {config['data']['eval_batch_size']}" in lines
+    assert not [line for line in lines if line.startswith(("- train_batch_size", "- total_train_batch_size"))]

@@ -147,10 +147,12 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_with_the_same_numbers(roo
     assert resumed_metrics == reference_metrics
 
 
-def test_a_run_resumed_in_process_continues_where_it_stopped(train_config, tmp_path):
-    """Fast variant: the same command after an exception at step 7 resumes from the step-5 checkpoint."""
+@pytest.mark.parametrize("batching", [[], ["data.batch_seconds=9"]], ids=["rows", "seconds"])
+def test_a_run_resumed_in_process_continues_where_it_stopped(train_config, tmp_path, batching):
+    """Fast variant: the same command after an exception at step 7 resumes from the step-5 checkpoint; with
+    batches by seconds too (9 s: 11 batches an epoch of the small corpus against 6 of 8 rows)."""
     steps = [s for s in STEPS if not s.startswith(("trainer.max_steps", "val_every"))]
-    overrides = [*steps, "trainer.max_steps=9", "val_every_n_optimizer_steps=9"]
+    overrides = [*steps, *batching, "trainer.max_steps=9", "val_every_n_optimizer_steps=9"]
     crash = ["+callbacks.crash._target_=tests.test_resume.CrashAt"]
     cfg = train_config(*overrides, *crash, "+callbacks.crash.at_step=7")
     with pytest.raises(RuntimeError, match="crash at step 7"):
@@ -179,11 +181,12 @@ def test_the_same_command_finds_its_unfinished_run_folder_and_a_finished_one_sta
     assert run_dir(str(tmp_path), "+experiment=demo,model.lr=0.1", None, "auto") != first
 
 
-def test_the_train_sampler_goes_on_after_the_batches_already_trained():
+@pytest.mark.parametrize("batch_seconds", [None, 12.0], ids=["rows", "seconds"])
+def test_the_train_sampler_goes_on_after_the_batches_already_trained(batch_seconds):
     durations = [1.0 + (i * 7) % 11 for i in range(40)]
 
     def sampler() -> LengthBucketBatchSampler:
-        return LengthBucketBatchSampler(durations, 4, seed=1)
+        return LengthBucketBatchSampler(durations, 4, seed=1, jitter=0.02, batch_seconds=batch_seconds)
 
     uninterrupted = sampler()
     uninterrupted.set_epoch(2)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.throughput import figures, main, summarize
+from benchmarks.throughput import figures, main, matmul_flops_per_second, summarize, train_flops_per_audio_second
 from tests.conftest import TEST_MODEL
 
 
@@ -82,6 +82,12 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
         assert len(r["record"]["step_end"]) == 3
         assert r["record"]["validations"][0]["utterances"] == 16
     assert result["summary"]["train_audio_s_per_s"]["ratio"]["median"] > 0
+    mfu = result["mfu"]
+    assert mfu["matmul"]["dtype"] == "bfloat16" and mfu["matmul"]["flops_per_s"] > 0
+    for system in ("ours", "theirs"):
+        throughput = result["summary"]["train_audio_s_per_s"][system]["median"]
+        expected = throughput * mfu["train_flops_per_audio_s"] / mfu["matmul"]["flops_per_s"]
+        assert mfu[system] == pytest.approx(expected) and 0 < mfu[system] < 1
 
 
 @pytest.mark.slow
@@ -96,3 +102,41 @@ def test_the_profile_times_every_phase_of_ours(tmp_path, demo_corpus):
     for phase in ("forward", "greedy decode", "category decisions", "class confusion update", "durations update"):
         assert any(p.startswith(f"{phase} (") and "VALIDATING" in p for p in phases), (phase, phases)
     assert any(p.startswith("forward (") and "TRAINING" in p for p in phases), phases
+
+
+def conv_flops(config, samples: int) -> int:
+    """The feature encoder's convolutions by hand: 2 x in x out channels x kernel per output frame, each layer."""
+    flops, length, channels = 0, samples, 1
+    for out, kernel, stride in zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True):
+        length = (length - kernel) // stride + 1
+        flops += 2 * channels * out * kernel * length
+        channels = out
+    return flops
+
+
+def test_the_training_flop_count_holds_the_feature_encoders_convolutions_forward_and_backward(tmp_path, demo_corpus):
+    """Frozen, the feature encoder runs forward only; trained, its backward adds the gradient of every weight
+    (as much as the forward) and of every layer's input but the waveform's: 2 x forward - the first layer."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    from benchmarks.hf_trainer_baseline import compose_config
+
+    overrides = ["+experiment=demo", *demo_overrides(tmp_path, demo_corpus)]
+    trained = train_flops_per_audio_second([*overrides, "model.freeze_feature_encoder=false"], 1.0, 2)
+    frozen = train_flops_per_audio_second([*overrides, "model.freeze_feature_encoder=true"], 1.0, 2)
+    config = AutoConfig.for_model(**OmegaConf.to_container(compose_config(overrides).model.config, resolve=True))
+    forward = conv_flops(config, 16_000)
+    first_layer = 2 * 1 * 32 * config.conv_kernel[0] * ((16_000 - config.conv_kernel[0]) // config.conv_stride[0] + 1)
+    assert trained - frozen == 2 * forward - first_layer
+    assert frozen > forward  # the transformer's matmuls come on top
+
+
+def test_the_matmul_benchmark_counts_2n3_flops_per_product_in_the_asked_dtype_and_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    result = matmul_flops_per_second(torch.float32, threads=1, size=256)
+    assert result == {"flops_per_s": result["flops_per_s"], "dtype": "float32", "size": 256, "threads": 1}
+    assert 1e8 < result["flops_per_s"] < 1e13  # a CPU core does GFLOP/s, not MFLOP/s or PFLOP/s
+    assert torch.get_num_threads() == threads  # the benchmark's own setting is given back

@@ -80,6 +80,25 @@ def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def decode_span(path: str | Path, start: int, stop: int, sample_rate: int = 16_000) -> np.ndarray:
+    """Samples ``start`` to ``stop`` (counted at ``sample_rate``) of ``path``, mono float32 at ``sample_rate``,
+    read without decoding the rest of the file: a window of a long recording. Resampled on its own, so its
+    first and last milliseconds differ slightly from :func:`decode`'s (a window's edges are context)."""
+    path = existing(path)
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            rate = handle.samplerate
+            first, last = start * rate // sample_rate, -(-stop * rate // sample_rate)
+            handle.seek(first)
+            data = handle.read(last - first, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, TypeError by format
+        raise AudioError(f"cannot decode audio file {path}: {err}") from None
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")[: stop - start]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
 def change_speed(wave: np.ndarray, factor: float, sample_rate: int = 16_000) -> np.ndarray:
     """``wave`` played ``factor`` times faster, pitch and formants moving with it (speed perturbation, as
     Kaldi's 0.9/1.0/1.1 copies): read as if sampled at ``factor * sample_rate`` and resampled back."""

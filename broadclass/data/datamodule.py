@@ -55,6 +55,48 @@ class UtteranceDataset(Dataset):
         return item
 
 
+def effective_seconds(seconds: np.ndarray | float, quadratic_duration: float | None) -> np.ndarray | float:
+    """Seconds as a batch budget counts them: ``d + d²/quadratic_duration`` with the penalty (Lhotse's
+    ``quadratic_duration``, NeMo's ``quadratic_factor``: self-attention's cost grows with the square of the
+    length), ``d`` without."""
+    return seconds if quadratic_duration is None else seconds + seconds * seconds / quadratic_duration
+
+
+def seconds_batches(
+    order: Sequence[int], seconds: Sequence[float], batch_seconds: float, quadratic_duration: float | None = None
+) -> list[list[int]]:
+    """``order`` cut into consecutive batches whose padded cost, rows × the longest row's
+    :func:`effective_seconds`, stays within ``batch_seconds``; a row over the budget alone is a batch of one.
+
+    The cost is the padded batch's (what memory and compute go by), not the sum of the rows' seconds. Cutting
+    greedily gives the fewest batches any cut into consecutive runs of ``order`` can."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0.0
+    for index in order:
+        cost = float(effective_seconds(seconds[index], quadratic_duration))
+        if current and (len(current) + 1) * max(longest, cost) > batch_seconds:
+            batches.append(current)
+            current, longest = [], 0.0
+        current.append(index)
+        longest = max(longest, cost)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def split_to(batches: list[list], count: int) -> list[list]:
+    """``batches`` with the ones of most rows halved until there are ``count`` (halving keeps a budget)."""
+    batches = list(batches)
+    while len(batches) < count:
+        largest = max(range(len(batches)), key=lambda b: len(batches[b]))
+        if len(batches[largest]) < 2:
+            break
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
 class LengthBucketBatchSampler(Sampler[list]):
     """Batches of similar duration, in random order between batches.
 
@@ -65,6 +107,13 @@ class LengthBucketBatchSampler(Sampler[list]):
     repeats the first batches of the epoch so every epoch is a whole number of optimizer steps:
     otherwise Lightning steps on a short accumulation at each epoch end, and "validate every N
     optimizer steps", counted by Lightning in batches, drifts away from optimizer step N.
+
+    With ``batch_seconds`` the batches are cut by seconds of audio instead of ``batch_size`` rows
+    (:func:`seconds_batches`: rows × the longest row's seconds, with ``quadratic_duration``'s penalty, within
+    the budget). Lightning reads an epoch's length once, and every process must run as many batches, so a
+    training epoch has the same number of batches whatever the epoch's jitter and speeds: the count a cut of
+    every utterance at its longest possible duration (slowest speed, largest jitter) needs, which no epoch's
+    cut exceeds; an epoch that fits in fewer has its largest batches halved up to that count.
 
     With ``speeds`` other than ``(1.0,)`` (training only: ignored when not shuffling) every utterance of
     an epoch is given one of them at random and the batches hold ``(index, speed)`` pairs; the buckets
@@ -82,6 +131,8 @@ class LengthBucketBatchSampler(Sampler[list]):
         rank: int = 0,
         multiple_of: int = 1,
         speeds: Sequence[float] = (1.0,),
+        batch_seconds: float | None = None,
+        quadratic_duration: float | None = None,
     ):
         self.durations = np.asarray(durations, dtype=np.float64)
         self.speeds = np.asarray(speeds, dtype=np.float64)
@@ -92,8 +143,27 @@ class LengthBucketBatchSampler(Sampler[list]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.multiple_of = multiple_of
+        self.batch_seconds = batch_seconds
+        self.quadratic_duration = quadratic_duration
         self.epoch = 0
         self._resume_after: tuple[int, int] | None = None  # (epoch, batches already trained on)
+        self.num_batches = self._count_batches()
+
+    @property
+    def perturbed(self) -> bool:
+        return self.shuffle and bool((self.speeds != 1.0).any())
+
+    def _count_batches(self) -> int:
+        """Batches in an epoch, before the split between processes."""
+        if self.batch_seconds is None:
+            return math.ceil(len(self.durations) / self.batch_size)
+        longest = self.durations
+        if self.shuffle:
+            slowest = float(self.speeds.min()) if self.perturbed else 1.0
+            # A key (duration × (1 ± jitter)) sorts a row among rows up to (1 + jitter) / (1 - jitter) longer.
+            longest = longest / slowest * (1 + self.jitter) / (1 - self.jitter)
+        order = np.argsort(longest, kind="stable").tolist()
+        return len(seconds_batches(order, longest, self.batch_seconds, self.quadratic_duration))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -105,16 +175,20 @@ class LengthBucketBatchSampler(Sampler[list]):
 
     def _batches(self) -> list[list]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        keys = self.durations
-        perturbed = self.shuffle and bool((self.speeds != 1.0).any())
-        if perturbed:
-            speed = np.random.default_rng([self.seed, self.epoch, 1]).choice(self.speeds, size=len(keys))
-            keys = keys / speed
+        seconds = self.durations
+        if self.perturbed:
+            speed = np.random.default_rng([self.seed, self.epoch, 1]).choice(self.speeds, size=len(seconds))
+            seconds = seconds / speed
+        keys = seconds
         if self.shuffle and self.jitter > 0:
             keys = keys * (1 + rng.uniform(-self.jitter, self.jitter, size=len(keys)))
-        order = np.argsort(keys, kind="stable")
-        items = [(int(i), float(speed[i])) for i in order] if perturbed else order.tolist()
-        batches = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        order = np.argsort(keys, kind="stable").tolist()
+        if self.batch_seconds is None:
+            cuts = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        else:
+            greedy = seconds_batches(order, seconds, self.batch_seconds, self.quadratic_duration)
+            cuts = split_to(greedy, self.num_batches)
+        batches = [[(i, float(speed[i])) for i in cut] for cut in cuts] if self.perturbed else cuts
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
             # Every training process must run the same number of batches, a multiple of the
@@ -130,10 +204,9 @@ class LengthBucketBatchSampler(Sampler[list]):
         yield from self._batches()[skip:]
 
     def __len__(self) -> int:
-        num_batches = math.ceil(len(self.durations) / self.batch_size)
         if not self.shuffle:
-            return len(range(self.rank, num_batches, self.num_replicas))
-        per_rank = math.ceil(num_batches / self.num_replicas)
+            return len(range(self.rank, self.num_batches, self.num_replicas))
+        per_rank = math.ceil(self.num_batches / self.num_replicas)
         return math.ceil(per_rank / self.multiple_of) * self.multiple_of
 
 
@@ -222,6 +295,9 @@ class BroadClassDataModule(pl.LightningDataModule):
         manifests_from: Callable[[], Mapping[str, str | Path]] | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 8,
+        batch_seconds: float | None = None,
+        eval_batch_seconds: float | None = None,
+        batch_quadratic_duration: float | None = None,
         num_workers: int = 0,
         sample_rate: int = 16_000,
         cache_dir: str | None = None,
@@ -249,8 +325,18 @@ class BroadClassDataModule(pl.LightningDataModule):
         self.label_map = LabelMap.from_config(labels, categories) if labels is not None else None
         self.manifests = {"train": train_manifest, "validation": val_manifest, "test": test_manifest}
         self.manifests_from = manifests_from
+        for name, value in (
+            ("batch_seconds", batch_seconds),
+            ("eval_batch_seconds", eval_batch_seconds),
+            ("batch_quadratic_duration", batch_quadratic_duration),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"data.{name} must be positive seconds or null, got {value}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.batch_seconds = batch_seconds
+        self.eval_batch_seconds = eval_batch_seconds
+        self.batch_quadratic_duration = batch_quadratic_duration
         self.num_workers = num_workers
         self.audio = AudioCache(cache_dir, sample_rate)
         self.seed = seed
@@ -301,7 +387,7 @@ class BroadClassDataModule(pl.LightningDataModule):
             log.warning(self.check_report.format())
         return kept
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, batch_seconds: float | None, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         trainer = self.trainer
         training = split == "train"
@@ -315,6 +401,8 @@ class BroadClassDataModule(pl.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             multiple_of=trainer.accumulate_grad_batches if trainer is not None and training else 1,
             speeds=self.speeds,
+            batch_seconds=batch_seconds,
+            quadratic_duration=self.batch_quadratic_duration,
         )
         kwargs = {
             "batch_sampler": sampler,
@@ -335,10 +423,11 @@ class BroadClassDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, self.batch_seconds, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.eval_batch_size, shuffle=False)
+        return self._loader("validation", self.eval_batch_size, self.eval_batch_seconds, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if "test" in self.datasets else "validation", self.eval_batch_size, False)
+        split = "test" if "test" in self.datasets else "validation"
+        return self._loader(split, self.eval_batch_size, self.eval_batch_seconds, shuffle=False)

@@ -204,14 +204,22 @@ def _hyperparameters(record: RunRecord) -> str:
     model, data, trainer = cfg.get("model", {}), cfg.get("data", {}), cfg.get("trainer", {})
     accumulate = trainer.get("accumulate_grad_batches", 1)
     devices = trainer.get("devices", 1)
+    # Batches by seconds of audio (data.batch_seconds) replace the row count: the card names what was used.
+    batching = [
+        (f"{stage}_batch_seconds", data[f"{key}batch_seconds"])
+        if data.get(f"{key}batch_seconds")
+        else (f"{stage}_batch_size", data.get(f"{key}batch_size"))
+        for stage, key in (("train", ""), ("eval", "eval_"))
+    ]
     items: list[tuple[str, object]] = [
         ("learning_rate", model.get("lr")),
-        ("train_batch_size", data.get("batch_size")),
-        ("eval_batch_size", data.get("eval_batch_size")),
+        *batching,
         ("seed", cfg.get("seed")),
         ("gradient_accumulation_steps", accumulate),
     ]
-    if isinstance(devices, int) and isinstance(data.get("batch_size"), int):
+    if data.get("batch_seconds") and data.get("batch_quadratic_duration"):
+        items.append(("batch_quadratic_duration", data["batch_quadratic_duration"]))
+    if isinstance(devices, int) and isinstance(data.get("batch_size"), int) and not data.get("batch_seconds"):
         items += [("num_devices", devices), ("total_train_batch_size", data["batch_size"] * accumulate * devices)]
     else:
         items.append(("num_devices", devices))
