@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import SHORT_RUN, TEST_MODEL
 from tests.test_ddp import SHARED as DDP_SHARED
-from tests.test_ddp import assert_single_process_report
+from tests.test_ddp import assert_single_process_report, ddp_command
 from tests.test_mlflow_server import MlflowServer
 from tests.test_resume import REPO, environment
 from tests.test_resume import STEPS as RESUME_STEPS
@@ -56,16 +56,6 @@ def slurm() -> None:
     yield
     if not was_up:
         subprocess.run([CLUSTER, "down"], check=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, empty_mlflow_db):
-    folder = tmp_path_factory.mktemp("slurm-mlflow")
-    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
-    server = MlflowServer(folder, folder / "mlflow.db")
-    server.start()
-    yield server
-    server.stop()
 
 
 def job_environment(uri: str) -> dict[str, str]:
@@ -110,6 +100,16 @@ def runs_named(client: mlflow.MlflowClient, experiment: str, names: list[str]) -
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id]) if found else []
     return {r.info.run_name: r for r in runs if r.info.run_name in names}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, empty_mlflow_db):
+    folder = tmp_path_factory.mktemp("slurm-mlflow")
+    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
+    server = MlflowServer(folder, folder / "mlflow.db")
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_a_sweep_over_three_sets_is_three_slurm_jobs_on_one_server_and_compares_as_mean_and_std(
@@ -250,22 +250,14 @@ def test_srun_tasks_train_as_one_ddp_group_that_reports_what_one_process_reports
         "--ntasks-per-node=2",  # 2 tasks; Lightning refuses a bare --ntasks (SLURM_NTASKS_PER_NODE unset)
         "--cpus-per-task=1",
         "--job-name=broadclass-ddp",
-        sys.executable,
-        "-m",
-        "broadclass.train",
-        "+experiment=demo",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        f"paths.root_dir={tmp_path}",
-        f"hydra.run.dir={folder}",  # every task must write to one folder (see experiments/reliability/README.md)
-        f"data.train_manifest={demo_corpus['train']}",
-        f"data.val_manifest={demo_corpus['validation']}",
-        "data.manifests_from=null",
-        "trainer.enable_progress_bar=false",
-        *TEST_MODEL,
-        *DDP_SHARED,
-        "run_name=srun-ddp",
+        *ddp_command(
+            tmp_path,
+            demo_corpus,
+            f"hydra.run.dir={folder}",  # every task must write to one folder (see experiments/reliability/README.md)
+            *TEST_MODEL,
+            *DDP_SHARED,
+            "run_name=srun-ddp",
+        ),
     ]
     done = subprocess.run(
         command, cwd=REPO, env=job_environment(server.uri), capture_output=True, text=True, timeout=900
