@@ -109,6 +109,16 @@ def load_words(path: Path = WORDS_FILE) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def draw_new_sentence(rng: random.Random, words: Sequence[str], min_words: int, max_words: int, used: set[str]) -> str:
+    """A sentence of ``min_words``-``max_words`` random words not in ``used`` (added to it)."""
+    for _ in range(1000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
+        if text not in used:
+            used.add(text)
+            return text
+    raise ValueError(f"cannot draw a new sentence of {min_words}-{max_words} words: word list too small")
+
+
 def _plan(
     categories: Sequence[DemoCategory],
     n_per_split: dict[str, int],
@@ -123,13 +133,7 @@ def _plan(
     for split in SPLITS:
         for index in range(n_per_split[split]):
             category = categories[index % len(categories)]
-            for _ in range(1000):
-                text = " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
-                if text not in used:
-                    break
-            else:
-                raise ValueError(f"cannot draw a new sentence of {min_words}-{max_words} words: word list too small")
-            used.add(text)
+            text = draw_new_sentence(rng, words, min_words, max_words, used)
             variant = rng.choice(rng.choice(category.variants(split)))
             plan.append(
                 _Utterance(

@@ -61,7 +61,7 @@ import soundfile as sf
 import soxr
 
 from broadclass.config import argument, parse_arguments
-from broadclass.data.demo import WORDS_FILE, _format_table, load_words
+from broadclass.data.demo import WORDS_FILE, _format_table, draw_new_sentence, load_words
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 
 # Bump when a change to this module changes what a build writes, so old corpora are rebuilt.
@@ -190,13 +190,7 @@ def _plan(n_per_split: dict[str, int], seed: int, min_words: int, max_words: int
     for split in SPLITS:
         for index in range(n_per_split[split]):
             voice = VOICES[index % len(VOICES)]
-            for _ in range(1000):
-                text = " ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words)))
-                if text not in used:
-                    break
-            else:
-                raise ValueError(f"cannot draw a new sentence of {min_words}-{max_words} words: word list too small")
-            used.add(text)
+            text = draw_new_sentence(rng, words, min_words, max_words, used)
             plan.append(_Utterance(f"{split}-{index:05d}", split, rng.choice(speakers[voice.name, split]), text))
     return plan
 
