@@ -174,9 +174,10 @@ class MaskedPretrainingModule(ScheduledAdamW):
 
     def draw_masks(
         self, batch: dict, step: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[np.random.Generator]]:
-        """Frame lengths, masks (on the batch's device), the lengths on the host and the utterances' generators
-        (drawn on after the masks) for ``batch``; ``step`` None: validation's fixed draw."""
+    ) -> tuple[torch.Tensor, np.ndarray, list[int], list[np.random.Generator]]:
+        """Frame lengths, masks (on the host, where the contrastive task draws its negatives from them), the
+        lengths on the host and the utterances' generators (drawn on after the masks) for ``batch``; ``step``
+        None: validation's fixed draw."""
         mask = batch["attention_mask"]
         lengths = self.net._get_feat_extract_output_lengths(mask.sum(-1)).long()
         width = int(self.net._get_feat_extract_output_lengths(torch.tensor(mask.shape[1])))
@@ -184,7 +185,7 @@ class MaskedPretrainingModule(ScheduledAdamW):
         rngs = utterance_generators(self.hparams.seed, step, batch["ids"])
         h = self.hparams
         masks = sample_time_masks(host_lengths, width, h.mask_time_prob, h.mask_time_length, h.mask_min_spans, rngs)
-        return lengths, torch.from_numpy(masks).to(mask.device), host_lengths, rngs
+        return lengths, masks, host_lengths, rngs
 
     def task_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -235,8 +236,9 @@ class ContrastivePretrainingModule(MaskedPretrainingModule):
     def draw_task(self, batch: dict, step: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Frame lengths, masks and negatives for ``batch`` (``step`` None: validation's fixed draw)."""
         lengths, masks, host_lengths, rngs = self.draw_masks(batch, step)
-        negatives = sample_negatives(masks.cpu().numpy(), host_lengths, self.hparams.num_negatives, rngs)
-        return lengths, masks, torch.from_numpy(negatives).long().to(masks.device)
+        negatives = sample_negatives(masks, host_lengths, self.hparams.num_negatives, rngs)
+        device = lengths.device
+        return lengths, torch.from_numpy(masks).to(device), torch.from_numpy(negatives).long().to(device)
 
     def _record_selection(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if self._frames_for_selection is None:
@@ -371,7 +373,8 @@ class ClusterPretrainingModule(MaskedPretrainingModule):
 
     def task_step(self, batch: dict, step: int | None) -> dict[str, torch.Tensor]:
         """Cross-entropy of the cluster predictions, masked frames and unmasked frames apart."""
-        lengths, masks, _, _ = self.draw_masks(batch, step)
+        lengths, host_masks, _, _ = self.draw_masks(batch, step)
+        masks = torch.from_numpy(host_masks).to(lengths.device)
         targets = self.frame_targets(batch, lengths, masks.shape[1])
         with padding_ignored(self.net, batch["attention_mask"]):
             hidden = self.net.base_model(
