@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 # The datamodule's split names, and the context MLflow shows for each.
 CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 DIGEST_LENGTH = 12
+# Tries of one log_inputs: MLflow's store looks a dataset up, then inserts it; two runs of a sweep that start
+# together both miss it and the second insert breaks the store's unique key. The next try finds it.
+LOG_INPUTS_TRIES = 4
 
 
 def file_digest(path: str | Path) -> str:
@@ -55,6 +59,29 @@ def manifest_dataset(path: str | Path, rows: Sequence[Mapping], categories: Sequ
     )
 
 
+def log_inputs(client, run_id: str, inputs: Sequence) -> None:
+    """``client.log_inputs`` that tries again when another run registered the same dataset at the same moment.
+
+    The store answers such a conflict with BAD_REQUEST (SQLite's or PostgreSQL's unique-key error, through a
+    server or not); any other error, and a conflict still there after ``LOG_INPUTS_TRIES``, is raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, LOG_INPUTS_TRIES + 1):
+        try:
+            client.log_inputs(run_id, datasets=list(inputs))
+            return
+        except MlflowException as err:
+            if attempt == LOG_INPUTS_TRIES or not is_unique_key_conflict(err):
+                raise
+            time.sleep(0.1 * attempt)
+
+
+def is_unique_key_conflict(err: Exception) -> bool:
+    message = str(err).lower()
+    return "unique constraint" in message or "duplicate key" in message
+
+
 class LogDatasets(pl.Callback):
     """Logs the train and validation manifests when fit starts, the test manifest when a test starts.
 
@@ -79,7 +106,7 @@ class LogDatasets(pl.Callback):
             if datamodule.manifests.get(split) and split in datamodule.datasets
         ]
         if inputs:
-            logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+            log_inputs(logger.experiment, logger.run_id, inputs)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, ("train", "validation"))
