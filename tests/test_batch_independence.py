@@ -18,8 +18,7 @@ from torch import nn
 
 from broadclass import predict
 from broadclass.data.manifest import read_manifest, write_manifest
-from broadclass.model.checkpoint import TrainedModel
-from broadclass.model.module import BroadClassModule
+from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.model.padding import masked_group_norm
 from tests.conftest import compose_config, demo_overrides
 
@@ -61,7 +60,9 @@ def module(request, corpus_config) -> BroadClassModule:
     if LAYOUTS[request.param] is not None:
         config = LAYOUTS[request.param]
     torch.manual_seed(0)
-    built = BroadClassModule(datamodule.label_map, pretrained=None, config=config, freeze_feature_encoder=False)
+    built = instantiate(corpus_config.model, _partial_=True)(
+        labels=datamodule.label_map, pretrained=None, config=config, freeze_feature_encoder=False
+    )
     assert built.net.config.feat_extract_norm == ("layer" if request.param == "xlsr53" else "group")
     return built.eval()
 

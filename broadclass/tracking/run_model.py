@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from broadclass.model.checkpoint import RUN_ARTIFACT, ModelLoadError, TrainedModel, load_exported, load_saved_model
+from broadclass.model.format import ModelLoadError
+from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
@@ -49,29 +50,29 @@ def download_run_model(run: str, destination: str | Path, tracking_uri: str | No
     run_id = found.info.run_id
     models = client.search_logged_models([found.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
-    try:
-        if ready:
-            newest = max(ready, key=lambda m: m.creation_timestamp)
-            folder = download_artifacts(
-                artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri
-            )
-            return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
-        return f"MLflow run {run_id}", Path(client.download_artifacts(run_id, RUN_ARTIFACT, str(destination)))
-    except (MlflowException, OSError) as err:
+    if not ready:
         raise ModelLoadError(
             f"MLflow run {run_id} ({uri}) has no logged model: it is logged at the end of training when "
-            f"callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
-            f"<checkpoint> <dir>` instead.\nCause: {err}"
+            "callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
+            "<checkpoint> <dir>` instead."
+        )
+    newest = max(ready, key=lambda m: m.creation_timestamp)
+    try:
+        folder = download_artifacts(artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri)
+    except (MlflowException, OSError) as err:
+        raise ModelLoadError(
+            f"MLflow run {run_id} ({uri}): its model {newest.model_uri} cannot be read: {err}"
         ) from None
+    return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
 
 
 def load_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
     """A checkpoint file, an exported folder, the model logged to an MLflow run (id or name), or a
     ``models:/<name>/<version>`` (``models:/<model id>``) URI."""
     if Path(source).exists():
-        return load_saved_model(source)
+        return BroadClassModule.restore_from(source)
     with tempfile.TemporaryDirectory(prefix="broadclass-run-model-") as tmp:
         origin, folder = download_run_model(str(source), tmp, tracking_uri)
-        trained = load_exported(folder)
+        trained = BroadClassModule.from_exported(folder)
     trained.source = origin
     return trained
