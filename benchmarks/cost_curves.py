@@ -190,14 +190,22 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| rows | manifest (MB) | read_manifest (s) | prepare_sets (s) | peak RSS (MiB) | KB per row |",
+        "| rows | manifest (MB) | read_manifest (s) | prepare_sets (s) | peak RSS (MiB) | KB per row added |",
         "|---|---|---|---|---|---|",
     ]
-    for p in result["data"]:
+    previous = None
+    for p in sorted(result["data"], key=lambda p: p["rows"]):
+        # Memory per row as the slope from the size before: the interpreter's own RSS is in every figure.
+        slope = (
+            f"{(p['peak_rss_mib'] - previous['peak_rss_mib']) * 1024 / (p['rows'] - previous['rows']):.2f}"
+            if previous
+            else "–"
+        )
         lines.append(
             f"| {p['rows']:,} | {p['manifest_mb']:.1f} | {p['read_manifest_s']:.2f} | {p['prepare_sets_s']:.2f}"
-            f" | {p['peak_rss_mib']:.0f} | {p['peak_rss_mib'] * 1024 / p['rows']:.2f} |"
+            f" | {p['peak_rss_mib']:.0f} | {slope} |"
         )
+        previous = p
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +245,7 @@ def figure(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS), help="none: no network")
     parser.add_argument("--seconds", nargs="+", type=float, default=[1, 2, 4, 8, 15, 30])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--rows", nargs="*", type=int, default=[10_000, 100_000, 1_000_000], help="none: no data")
@@ -288,9 +296,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
-    figure(result, out.with_suffix(".png"))
+    if result["network"]:
+        figure(result, out.with_suffix(".png"))
     print(markdown(result))
-    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    print(f"wrote {out} and the table and figure beside it")
 
 
 if __name__ == "__main__":
