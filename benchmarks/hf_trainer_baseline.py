@@ -191,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     (work / "vocab.json").write_text(json.dumps(labels.vocab, ensure_ascii=False))
     tokenizer = Wav2Vec2CTCTokenizer(str(work / "vocab.json"), pad_token="<pad>", word_delimiter_token="|")
     set_seed(int(cfg.seed))
-    network_config = {**OmegaConf.to_container(model_cfg.config), "ctc_loss_reduction": model_cfg.ctc_loss_reduction}
+    network_config = {
+        **OmegaConf.to_container(model_cfg.config),
+        "ctc_loss_reduction": model_cfg.ctc_loss_reduction,
+        "ctc_zero_infinity": model_cfg.ctc_zero_infinity,
+    }
     model = build_network(len(labels.tokens), model_cfg.pretrained, network_config)
     if model_cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()

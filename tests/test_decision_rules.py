@@ -238,3 +238,19 @@ def test_the_loss_adds_the_head_weight_times_the_heads_cross_entropy(tmp_path):
         logits.log_softmax(-1).transpose(0, 1), batch["labels"], out["output_lengths"], batch["label_lengths"]
     )
     assert float(ctc) == pytest.approx(float(expected_ctc), rel=1e-6)
+
+
+@pytest.mark.parametrize("zero_infinity", [True, False])
+def test_labels_longer_than_the_frames_give_a_zero_or_an_infinite_loss_as_ctc_zero_infinity_says(
+    tmp_path, zero_infinity
+):
+    module = module_of(tmp_path, f"model.ctc_zero_infinity={zero_infinity}")
+    batch = batch_of(module, [1, 0])
+    # The 0.6-s utterance has 29 frames; 40 alternating tokens need 79.
+    alternating = [module.labels.vocab["v_m"], module.labels.vocab["p_m"]] * 20
+    batch["labels"] = torch.tensor([alternating, alternating])
+    batch["label_lengths"] = torch.tensor([1, 40])
+    out = module(batch["input_values"], batch["attention_mask"])
+    _, ctc = module._loss(out, batch)
+    assert bool(torch.isfinite(ctc)) == zero_infinity
+    assert module.net.config.ctc_zero_infinity is zero_infinity

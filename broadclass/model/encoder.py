@@ -100,7 +100,7 @@ def build_network(
     (:func:`check_architecture_kept`).
     """
     overrides = dict(config or {})
-    overrides.update(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_zero_infinity=True)
+    overrides.update(vocab_size=vocab_size, pad_token_id=pad_token_id)
     if not pretrained:
         model_type = overrides.pop("model_type", "wav2vec2")
         return _without_idle_parameters(AutoModelForCTC.from_config(AutoConfig.for_model(model_type, **overrides)))

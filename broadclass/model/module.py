@@ -72,6 +72,7 @@ class BroadClassModule(ScheduledAdamW):
         primary_rule: str,
         category_head_weight: float,
         ctc_loss_reduction: str,
+        ctc_zero_infinity: bool,
         gradient_checkpointing: bool,
     ):
         super().__init__()
@@ -87,7 +88,9 @@ class BroadClassModule(ScheduledAdamW):
         self.num_categories = len(labels.categories)
         # The network's own config records the reduction training uses (an export's config.json says so).
         self.net = build_network(
-            len(labels.tokens), pretrained, {**(config or {}), "ctc_loss_reduction": ctc_loss_reduction}
+            len(labels.tokens),
+            pretrained,
+            {**(config or {}), "ctc_loss_reduction": ctc_loss_reduction, "ctc_zero_infinity": ctc_zero_infinity},
         )
         if freeze_feature_encoder:
             self.net.freeze_feature_encoder()
@@ -200,7 +203,7 @@ class BroadClassModule(ScheduledAdamW):
             batch["label_lengths"],
             blank=self.labels.blank_id,
             reduction=self.hparams.ctc_loss_reduction,
-            zero_infinity=True,
+            zero_infinity=self.hparams.ctc_zero_infinity,
         )
         loss = ctc
         if self.category_head is not None:
