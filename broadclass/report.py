@@ -18,7 +18,7 @@ from pathlib import Path
 from broadclass.config import argument, parse_arguments
 from broadclass.tracking.error_analysis import paired_runs_markdown
 from broadclass.tracking.error_browser import ARTIFACT, BrowserLimits, comparison_page, write_page
-from broadclass.tracking.model_card import RunRecord, build_card, evaluation_predictions, evaluations_of
+from broadclass.tracking.run_card import RunRecord, build_card, evaluation_predictions, evaluations_of
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 

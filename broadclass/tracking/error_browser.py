@@ -46,7 +46,7 @@ from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import read_manifest
 from broadclass.metrics.alignment import TokenIndex, aligned_positions, alignment_counts, split_token
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.tracking.model_card import RunRecord, evaluation_predictions
+from broadclass.tracking.run_card import RunRecord, evaluation_predictions
 
 ARTIFACT = "error_browser.html"
 SAMPLE_RATE = 16_000

@@ -19,8 +19,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from broadclass.model.checkpoint import MODEL_TYPE, load_checkpoint
 from broadclass.model.export import export_model
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.tracking.model_card import build_card
-from broadclass.training.callbacks import kept_checkpoint
+from broadclass.tracking.run_card import build_card
+from broadclass.training.resumable_state import kept_checkpoint
 
 
 class ExportBestModel(pl.Callback):
