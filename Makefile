@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Festival and the three voices of the Festival corpus (broadclass/data/festival.py), which its tests synthesize:
+# Festival and the three voices of the Festival corpus (broadclass/data/festival.py, python -m broadclass.festival_corpus), which its tests synthesize:
 # installed with apt-get where they are missing and we are root on Debian/Ubuntu; elsewhere a hint (the tests skip).
 FESTIVAL_PACKAGES := festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 festival:
@@ -90,7 +90,7 @@ gpu-check: install
 UI_PORT ?= 5000
 # Prints each experiment's training-runs page, then serves the UI there.
 ui: install
-	$(PY) -m broadclass.tracking.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
+	$(PY) -m broadclass.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port $(UI_PORT)
 
 # Regenerate the pinned lock from the current venv (torch excluded: it is the user's choice of build).
