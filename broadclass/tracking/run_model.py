@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from broadclass.model.checkpoint import RUN_ARTIFACT, ModelLoadError, TrainedModel, load_exported, load_saved_model
+from broadclass.model.checkpoint import ModelLoadError, TrainedModel, load_exported, load_saved_model
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
@@ -28,7 +28,7 @@ def model_location(client: Any, uri: str) -> str:
 
 def download_run_model(run: str, destination: str | Path, tracking_uri: str | None = None) -> tuple[str, Path]:
     """The exported model of an MLflow run (given by id or name), or a ``models:/…`` URI: where it came
-    from and its local folder. A run's model is its newest logged model (``model/`` artifact for older runs)."""
+    from and its local folder. A run's model is its newest logged model."""
     # Imported here: MLflow is only needed for a run, and costs seconds to import.
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import LoggedModelStatus
@@ -49,20 +49,20 @@ def download_run_model(run: str, destination: str | Path, tracking_uri: str | No
     run_id = found.info.run_id
     models = client.search_logged_models([found.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
-    try:
-        if ready:
-            newest = max(ready, key=lambda m: m.creation_timestamp)
-            folder = download_artifacts(
-                artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri
-            )
-            return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
-        return f"MLflow run {run_id}", Path(client.download_artifacts(run_id, RUN_ARTIFACT, str(destination)))
-    except (MlflowException, OSError) as err:
+    if not ready:
         raise ModelLoadError(
             f"MLflow run {run_id} ({uri}) has no logged model: it is logged at the end of training when "
             f"callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
-            f"<checkpoint> <dir>` instead.\nCause: {err}"
+            f"<checkpoint> <dir>` instead."
+        )
+    newest = max(ready, key=lambda m: m.creation_timestamp)
+    try:
+        folder = download_artifacts(artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri)
+    except (MlflowException, OSError) as err:
+        raise ModelLoadError(
+            f"MLflow run {run_id} ({uri}): its model {newest.model_uri} did not download: {err}"
         ) from None
+    return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
 
 
 def load_model(source: str | Path, tracking_uri: str | None = None) -> TrainedModel:
