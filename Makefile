@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Festival and the three voices of the Festival corpus (broadclass/data/festival.py, python -m broadclass.festival_corpus), which its tests synthesize:
+# Festival and the three voices of the Festival corpus (broadclass/data/festival.py), which its tests synthesize:
 # installed with apt-get where they are missing and we are root on Debian/Ubuntu; elsewhere a hint (the tests skip).
 FESTIVAL_PACKAGES := festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 festival:
