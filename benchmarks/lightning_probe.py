@@ -75,7 +75,7 @@ class PhaseProfile(pl.Callback):
 
         pl_module.forward = timed("forward", pl_module.forward)
         pl_module._loss = timed("loss", pl_module._loss)
-        pl_module.predict_categories = timed("category decisions", pl_module.predict_categories)
+        pl_module.category_scores = timed("category decisions", pl_module.category_scores)
         module.greedy_segments = timed("greedy decode", module.greedy_segments)
         pl_module.errors.update = timed("WER/TER update", pl_module.errors.update)
         pl_module.class_confusion.update = timed("class confusion update", pl_module.class_confusion.update)

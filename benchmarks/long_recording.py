@@ -60,15 +60,16 @@ def random_demo_model(work: Path) -> Path:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from broadclass.model.checkpoint import TrainedModel, checkpoint_metadata
-    from broadclass.model.export import export_model
+    from broadclass.model.exported_folder import export_model
+    from broadclass.model.format import checkpoint_metadata
+    from broadclass.model.module import TrainedModel
 
     with initialize_config_dir(config_dir=str(ROOT / "broadclass" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=demo", f"paths.root_dir={work}"])
     datamodule = instantiate(cfg.data, manifests_from=None)
     torch.manual_seed(cfg.seed)
     module = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
-    metadata = checkpoint_metadata(datamodule.label_map, module.net.config)
+    metadata = checkpoint_metadata(datamodule.label_map, module.net.config, module.sample_rate)
     return export_model(TrainedModel(module.eval(), metadata, "random init (+experiment=demo)"), work / "model")
 
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     corpus = build_demo_corpus(work / "demo", categories="voice", n_train=4, n_val=40, seed=0)
     rows = [row for row in read_manifest(corpus["validation"]) if row["category"] == "male"]
-    waves = [decode(row["audio_filepath"]) for row in rows]
+    waves = [decode(row["audio_filepath"], RATE) for row in rows]
     model = args.model or str(random_demo_model(work))
     runs = []
     for minutes in args.minutes:

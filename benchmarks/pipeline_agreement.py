@@ -70,7 +70,7 @@ def agreement(model: str, manifest: str, batch_size: int, work: Path) -> tuple[i
     folder = work / "audio16k"
     folder.mkdir()
     for row in read_manifest(manifest):
-        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
+        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"], 16_000), 16_000, subtype="FLOAT")
     files = sorted(folder.glob("*.wav"))
     reference = pipeline_texts(exported, files)
     out = work / "predicted.jsonl"

@@ -7,9 +7,14 @@ nothing of broadclass. The one resolver that needs a layer, ``bc.run_dir``, is r
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import inspect
 import os
+import types
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,73 +53,83 @@ class ConfigError(ValueError):
     pass
 
 
-# The types of the typed sections, not their values: every value is stated once, in the YAML (conf/model/,
-# conf/data/, train.yaml's monitor), or where the YAML leaves a key out, in the constructor it is passed to.
+# The typed sections and the arguments their constructor gets from its caller instead (train passes the labels the
+# data module built). A section's schema is its constructor's signature (:func:`constructor_schema`): every value
+# is stated once, in the YAML, and the keys are those the code takes, so a new argument needs only its YAML key.
+SECTIONS = {"model": ("labels",), "data": ()}
+
+
 @dataclass
 class MonitorSchema:
     metric: str = MISSING
     mode: str = MISSING
 
 
-@dataclass
-class ModelSchema:
-    _target_: str = MISSING
-    _convert_: str = MISSING
-    pretrained: Any = MISSING
-    config: Any = MISSING
-    freeze_feature_encoder: bool = MISSING
-    lr: float = MISSING
-    betas: list[float] = MISSING
-    eps: float = MISSING
-    weight_decay: float = MISSING
-    warmup_steps: int = MISSING
-    primary_rule: str = MISSING
-    category_head_weight: float = MISSING
-    ctc_loss_reduction: str = MISSING
-    gradient_checkpointing: bool = MISSING
+def _structured_type(hint: Any) -> Any:
+    """The OmegaConf type that checks values of the annotation ``hint`` (Any where OmegaConf cannot)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in (int, float, bool, str):
+        return hint
+    if origin in (types.UnionType, typing.Union):
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1 and len(others) < len(args):
+            inner = _structured_type(others[0])
+            return Any if inner is Any else typing.Optional[inner]  # noqa: UP045 (OmegaConf reads typing.Optional)
+        return Any
+    if origin in (list, tuple, collections.abc.Sequence) and len(args) == 1 and args[0] in (int, float, bool, str):
+        return list[args[0]]
+    return Any
 
 
-@dataclass
-class DataSchema:
-    _target_: str = MISSING
-    _convert_: str = MISSING
-    labels: Any = MISSING
-    categories: list[Any] | None = MISSING  # null (with labels null): unlabeled audio
-    train_manifest: Any = MISSING
-    val_manifest: Any = MISSING
-    test_manifest: Any = MISSING
-    manifests_from: Any = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    batch_seconds: float | None = MISSING
-    eval_batch_seconds: float | None = MISSING
-    batch_quadratic_duration: float | None = MISSING
-    num_workers: int = MISSING
-    sample_rate: int = MISSING
-    cache_dir: Any = MISSING
-    seed: int = MISSING
-    bucket_jitter: float = MISSING
-    padded_lengths_per_octave: int = MISSING
-    on_error: str = MISSING
-    allow_speaker_overlap: bool = MISSING
-    max_duration: float | None = MISSING
-    speed_perturbation: list[float] | None = MISSING
+def constructor_schema(target: str, given: Sequence[str] = ()) -> type:
+    """A dataclass of the arguments the class or function ``target`` takes from config (all but ``given``), each
+    typed as its annotation says and required (no defaults: the YAML states every value)."""
+    import hydra.utils
+
+    built = hydra.utils.get_object(target)
+    function = built.__init__ if isinstance(built, type) else built
+    hints = typing.get_type_hints(function)
+    fields = [(key, str, field(default=MISSING)) for key in ("_target_", "_convert_")]
+    for name, parameter in inspect.signature(function).parameters.items():
+        if name == "self" or name in given or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        fields.append((name, _structured_type(hints.get(name, Any)), field(default=MISSING)))
+    return dataclasses.make_dataclass(target.rsplit(".", 1)[-1] + "Config", fields)
 
 
-SCHEMAS = {"model": ModelSchema, "data": DataSchema, "monitor": MonitorSchema}
+def _checked(section: str, node: DictConfig, schema: type) -> None:
+    try:
+        # Resolved here, in the whole config: a key may point outside its section (model.sample_rate).
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config section '{section}': {err.msg if hasattr(err, 'msg') else err}") from None
+    stated = set(node.keys())
+    absent = sorted(key for key in OmegaConf.missing_keys(merged) if key not in stated and not key.startswith("_"))
+    if absent:
+        raise ConfigError(
+            f"config section '{section}' lacks {', '.join(absent)}: {node._target_} takes them (state each in the YAML)"
+        )
 
 
-def check_config(cfg: DictConfig, sections: Sequence[str] = tuple(SCHEMAS)) -> None:
-    """Check the typed ``sections`` and the values nothing else checks; raise one clear ConfigError.
-    (``pretrain`` checks ``data`` and ``monitor``: its ``model`` is another module's.)"""
+def check_config(cfg: DictConfig, sections: Sequence[str] = (*SECTIONS, "monitor")) -> None:
+    """Check the typed ``sections`` (each against its constructor, ``monitor`` against its schema) and the
+    values nothing else checks; raise one clear ConfigError. (``pretrain`` checks ``data`` and ``monitor``: its
+    ``model`` is another module's.)"""
     for section in sections:
-        schema = SCHEMAS[section]
         if section not in cfg:
             raise ConfigError(f"config has no '{section}' section")
+        node = cfg[section]
+        if section == "monitor":
+            _checked(section, node, MonitorSchema)
+            continue
+        target = node.get("_target_")
+        if not target:
+            raise ConfigError(f"config section '{section}' names no _target_ (the class it builds)")
         try:
-            OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"config section '{section}': {err.msg if hasattr(err, 'msg') else err}") from None
+            schema = constructor_schema(target, SECTIONS[section])
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ConfigError(f"config section '{section}': _target_ {target} cannot be found: {err}") from None
+        _checked(section, node, schema)
     # Hydra's own node (present when composed with return_hydra_config) has ??? fields Hydra fills itself.
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:

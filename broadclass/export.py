@@ -2,7 +2,7 @@
 (or ``source=<source> out_dir=<out dir>``; ``--help`` lists every key).
 
 ``<source>`` is a Lightning checkpoint, an exported folder, an MLflow run (id or name) or a ``models:/`` URI.
-What the folder holds: ``broadclass.model.export``.
+What the folder holds: ``broadclass.model.exported_folder``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broadclass.arguments import argument, parse_arguments
-from broadclass.model.checkpoint import ModelLoadError
-from broadclass.model.export import export_model
+from broadclass.model.exported_folder import export_model
+from broadclass.model.format import ModelLoadError
 from broadclass.tracking.run_model import load_model
 
 

@@ -4,9 +4,10 @@
 manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [batch_seconds=...] [window_seconds=20]
 [window_context_seconds=3] [num_workers=0] [device=auto] [tracking_uri=...]``
 
-Audio of any sample rate and channel count is decoded to 16 kHz mono (as in training). Utterances are
-batched by length (longest first, so an out-of-memory error comes at once), ``batch_size`` to a batch or, with
-``batch_seconds``, as many as keep rows x the longest's seconds within it; on the GPU when there is one. One
+Audio of any sample rate and channel count is decoded to mono at the model's sample rate (as in training).
+Utterances are batched by length (longest first, so an out-of-memory error comes at once), ``batch_size`` to a
+batch or, with ``batch_seconds``, as many as keep rows x the longest's seconds within it; on the GPU when there
+is one. One
 JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
 ``tokens`` (``v_m``, ``|``, ...), ``text`` (the tokens space-separated: what the exported model's
 transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept), ``segments``
@@ -62,14 +63,11 @@ from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 from broadclass.metrics import format_report
 from broadclass.metrics.alignment import class_analysis_text
-from broadclass.model.checkpoint import ModelLoadError, TrainedModel
-from broadclass.model.decoding import category_posteriors, frame_seconds, vote_share
-from broadclass.model.module import BroadClassModule
-from broadclass.model.windows import infer_windows, plan_windows
+from broadclass.model.format import ModelLoadError
+from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.tracking.error_browser import BrowserLimits, prediction_page, write_page
 from broadclass.tracking.run_model import load_model
 
-SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".sph"}
 
 
@@ -160,12 +158,13 @@ def check_references(utterances: Sequence[Utterance], labels: LabelMap) -> bool:
 
 
 class AudioDataset(Dataset):
-    """Items as the datamodule's (``broadclass.data.datamodule.collate``): the normalised 16 kHz waveform, id,
-    and with ``labels`` (scoring) the reference's token ids and category. A file that fails to decode
-    yields its ``error`` instead of raising."""
+    """Items as the datamodule's (``broadclass.data.datamodule.collate``): the normalised waveform at the
+    model's sample rate, id, and with ``labels`` (scoring) the reference's token ids and category. A file that
+    fails to decode yields its ``error`` instead of raising."""
 
-    def __init__(self, utterances: Sequence[Utterance], labels: LabelMap | None = None):
+    def __init__(self, utterances: Sequence[Utterance], sample_rate: int, labels: LabelMap | None):
         self.utterances = utterances
+        self.sample_rate = sample_rate
         self.labels = labels
 
     def __len__(self) -> int:
@@ -174,7 +173,7 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         utt = self.utterances[index]
         try:
-            wave = normalize(decode(utt.audio_filepath, SAMPLE_RATE))
+            wave = normalize(decode(utt.audio_filepath, self.sample_rate))
         except AudioError as err:
             return {"index": index, "error": str(err)}
         item = {"index": index, "input_values": wave, "id": utt.id}
@@ -198,21 +197,6 @@ def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def rule_distributions(
-    module: BroadClassModule, out: dict[str, torch.Tensor], decoded: list[list[int]]
-) -> dict[str, torch.Tensor]:
-    """Per rule, the per-category scores its confidence is read from (rows sum to 1, or 0 for no vote)."""
-    token_category = module.token_category
-    k = module.num_categories
-    scores = {
-        "vote": vote_share(decoded, token_category.tolist(), k),
-        "posterior": category_posteriors(out["logits"], out["output_lengths"], token_category, k).cpu(),
-    }
-    if "category_logits" in out:
-        scores["head"] = out["category_logits"].float().softmax(dim=1).cpu()
-    return scores
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,131 +206,44 @@ def resolve_device(name: str) -> torch.device:
 def length_sorted_batches(
     utterances: Sequence[Utterance], batch_size: int, batch_seconds: float | None = None
 ) -> list[list[int]]:
-    """Longest first, ``batch_size`` to a batch, or with ``batch_seconds`` as many as keep rows x the longest's
-    seconds within it (:func:`broadclass.data.datamodule.seconds_batches`)."""
+    """Longest first, cut into batches (:func:`cut_batches`)."""
     order = sorted(range(len(utterances)), key=lambda i: -utterances[i].duration)
+    return cut_batches(order, [u.duration for u in utterances], batch_size, batch_seconds)
+
+
+def cut_batches(
+    order: Sequence[int], seconds: Sequence[float], batch_size: int, batch_seconds: float | None
+) -> list[list[int]]:
+    """``order`` in consecutive batches: ``batch_size`` to a batch, or with ``batch_seconds`` as many as keep rows
+    x the longest's seconds within it (:func:`broadclass.data.datamodule.seconds_batches`)."""
     if batch_seconds is not None:
-        return seconds_batches(order, [u.duration for u in utterances], batch_seconds)
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return seconds_batches(list(order), list(seconds), batch_seconds)
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
 def failure(utt: Utterance, error: str) -> dict[str, str]:
     return {"id": utt.id, "audio_filepath": utt.audio_filepath, "error": error}
 
 
-def predict_batch(module: BroadClassModule, labels: LabelMap, batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """The transcription and category decisions of each readable utterance of a padded batch; a batch with
-    references is scored as validation scores it, the module's evaluation metrics updated."""
-    on_device = {k: v.to(module.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if "labels" in batch:
-        out, segments, _ = module.evaluate_batch(on_device)
-    else:
-        out = module.infer(on_device["input_values"], on_device["attention_mask"])
-        segments, _ = module.decode_outputs(out)
-    return output_records(module, labels, out, segments, batch["attention_mask"].sum(dim=1).tolist())
-
-
-def category_decisions(
-    module: BroadClassModule, labels: LabelMap, out: dict[str, torch.Tensor], decoded: list[list[int]]
-) -> list[dict[str, dict[str, Any]]]:
-    """Per utterance of ``out``, each rule's category with its confidence."""
-    preds = {rule: p.tolist() for rule, p in module.predict_categories(out, decoded).items()}
-    scores = rule_distributions(module, out, decoded)
-    names = labels.category_names
-    return [
-        {
-            rule: {"name": names[pred[row]], "confidence": round(float(scores[rule][row, pred[row]]), 4)}
-            for rule, pred in preds.items()
-        }
-        for row in range(len(decoded))
-    ]
-
-
-def output_records(
+def predict_recording(
     module: BroadClassModule,
-    labels: LabelMap,
-    out: dict[str, torch.Tensor],
-    segments: list[list[tuple[int, int, int]]],
-    samples: list[int],
-) -> list[dict[str, Any]]:
-    """The records of a forward's utterances (``samples`` long each) from their decoded segments."""
-    decoded = [[token for token, _, _ in utterance] for utterance in segments]
-    seconds = frame_seconds(module.net.config, SAMPLE_RATE)
-    posteriors = rule_distributions(module, out, decoded)["posterior"]
-    token_class = labels.token_class()
-    records = []
-    for row, (ids, decisions) in enumerate(zip(decoded, category_decisions(module, labels, out, decoded), strict=True)):
-        tokens = labels.decode(ids)
-        records.append(
-            {
-                "duration": round(samples[row] / SAMPLE_RATE, 4),
-                "tokens": tokens,
-                "text": " ".join(tokens),
-                "classes": [token_class[i] for i in ids],
-                "segments": [
-                    {"token": tokens[n], "start": round(start * seconds, 4), "end": round(end * seconds, 4)}
-                    for n, (_, start, end) in enumerate(segments[row])
-                ],
-                "category": decisions,
-                "posteriors": {
-                    name: round(float(v), 4) for name, v in zip(labels.category_names, posteriors[row], strict=True)
-                },
-            }
-        )
-    return records
-
-
-def predict_long(
-    module: BroadClassModule,
-    labels: LabelMap,
     utt: Utterance,
     window_seconds: float,
     context_seconds: float,
     batch_size: int,
     batch_seconds: float | None,
 ) -> dict[str, Any]:
-    """The record of a recording longer than one window: its windows' outputs stitched
-    (:mod:`broadclass.model.windows`), decoded and decided as one utterance, plus each window's decisions over
-    the span of the timeline it gives."""
-    net = module.net
-    stride = round(frame_seconds(net.config, SAMPLE_RATE) * SAMPLE_RATE)
+    """The record of a recording longer than one window (:meth:`BroadClassModule.transcribe_recording`), its
+    windows batched as predict batches utterances."""
+    rate = module.sample_rate
     header = read_header(utt.audio_filepath)
-    total = header.frames * SAMPLE_RATE // header.sample_rate  # samples at 16 kHz
-    windows = plan_windows(
-        total,
-        round(window_seconds * SAMPLE_RATE / stride) * stride,
-        round(context_seconds * SAMPLE_RATE / stride) * stride,
-        stride,
-        lambda n: int(net._get_feat_extract_output_lengths(torch.tensor(n))),
+    return module.transcribe_recording(
+        lambda start, stop: decode_span(utt.audio_filepath, start, stop, rate),
+        header.frames * rate // header.sample_rate,
+        window_seconds,
+        context_seconds,
+        lambda seconds: cut_batches(range(len(seconds)), seconds, batch_size, batch_seconds),
     )
-    seconds = [(w.stop - w.start) / SAMPLE_RATE for w in windows]
-    order = list(range(len(windows)))
-    batches = (
-        seconds_batches(order, seconds, batch_seconds)
-        if batch_seconds
-        else [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    )
-    stitched = infer_windows(module, lambda a, b: decode_span(utt.audio_filepath, a, b, SAMPLE_RATE), windows, batches)
-    out = stitched.as_forward_output()
-    segments, _ = module.decode_outputs(out)
-    (record,) = output_records(module, labels, out, segments, [total])
-    frame = frame_seconds(net.config, SAMPLE_RATE)
-    spans = []
-    for n, window in enumerate(windows):
-        part = {"logits": out["logits"][:, window.keep_start : window.keep_stop]}
-        part["output_lengths"] = torch.tensor([window.keep_stop - window.keep_start])
-        if stitched.head_probabilities is not None:
-            part["category_logits"] = stitched.head_probabilities[n].log()[None]
-        decoded = [[token for token, start, _ in segments[0] if window.keep_start <= start < window.keep_stop]]
-        spans.append(
-            {
-                "start": round(window.keep_start * frame, 4),
-                "end": round(window.keep_stop * frame, 4),
-                "category": category_decisions(module, labels, part, decoded)[0],
-            }
-        )
-    record["windows"] = spans
-    return record
 
 
 def predict(
@@ -360,7 +257,7 @@ def predict(
     window_seconds: float = 20.0,
     window_context_seconds: float = 3.0,
 ) -> Outputs:
-    """Records in input order (recordings longer than ``window_seconds`` in windows: :func:`predict_long`), the
+    """Records in input order (recordings longer than ``window_seconds`` in windows: :func:`predict_recording`), the
     files that failed, the report when references are given, and the seconds of audio and of wall time."""
     if not 0 < 2 * window_context_seconds < window_seconds:
         raise InputError(
@@ -387,7 +284,7 @@ def predict(
     module = trained.module.to(resolve_device(device)).eval()
     scored = check_references(whole + [utt for _, utt in windowed], labels)
     loader = DataLoader(
-        AudioDataset(whole, labels if scored else None),
+        AudioDataset(whole, module.sample_rate, labels if scored else None),
         batch_sampler=length_sorted_batches(whole, batch_size, batch_seconds),
         collate_fn=collate_readable,
         num_workers=num_workers,
@@ -405,7 +302,7 @@ def predict(
                 batch_utts = [whole[i] for i in batch["indices"]]
                 records = [
                     {"id": utt.id, "audio_filepath": utt.audio_filepath, **record}
-                    for utt, record in zip(batch_utts, predict_batch(module, labels, batch), strict=True)
+                    for utt, record in zip(batch_utts, module.transcribe(batch), strict=True)
                 ]
                 if scored:
                     for utt, record in zip(batch_utts, records, strict=True):
@@ -414,8 +311,8 @@ def predict(
             progress.advance(task, len(batch["indices"]) + len(batch["failed"]))
         for n, utt in windowed:
             try:
-                record = predict_long(
-                    module, labels, utt, window_seconds, window_context_seconds, batch_size, batch_seconds
+                record = predict_recording(
+                    module, utt, window_seconds, window_context_seconds, batch_size, batch_seconds
                 )
             except AudioError as err:
                 outputs.errors.append(failure(utt, str(err)))

@@ -15,7 +15,7 @@ def tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
 def test_decode_gives_16k_mono_of_the_right_length(tmp_path, rate, channels):
     path = tmp_path / f"{rate}.wav"
     sf.write(path, tone(rate, 1.5, channels), rate)
-    wave = decode(path)
+    wave = decode(path, 16_000)
     assert wave.ndim == 1 and wave.dtype == np.float32
     assert abs(len(wave) - 24_000) <= 1
 
@@ -24,16 +24,16 @@ def test_stereo_is_downmixed_by_averaging(tmp_path):
     path = tmp_path / "lr.wav"
     left_only = np.stack([tone(16_000, 0.5), np.zeros(8_000)], axis=1)
     sf.write(path, left_only, 16_000, subtype="FLOAT")
-    np.testing.assert_allclose(decode(path), tone(16_000, 0.5) / 2, atol=1e-6)
+    np.testing.assert_allclose(decode(path, 16_000), tone(16_000, 0.5) / 2, atol=1e-6)
 
 
 def test_missing_and_corrupt_files_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="not found: .*nowhere.wav"):
-        decode(tmp_path / "nowhere.wav")
+        decode(tmp_path / "nowhere.wav", 16_000)
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"RIFF\x00\x01garbage" * 10)
     with pytest.raises(AudioError, match="cannot decode .*junk.wav"):
-        decode(junk)
+        decode(junk, 16_000)
 
 
 def test_the_header_gives_length_rate_and_channels_and_names_the_file_it_cannot_use(tmp_path):
@@ -61,7 +61,7 @@ def test_normalize_gives_zero_mean_unit_variance():
 def test_cache_reuses_the_resampled_audio_and_notices_a_changed_file(tmp_path, monkeypatch):
     path = tmp_path / "a.wav"
     sf.write(path, tone(22_050, 0.5), 22_050)
-    cache = AudioCache(tmp_path / "cache")
+    cache = AudioCache(tmp_path / "cache", 16_000)
     first = cache.load(path)
     calls = []
     monkeypatch.setattr("broadclass.data.audio.decode", lambda *a, **k: calls.append(a) or first)
@@ -73,7 +73,7 @@ def test_cache_reuses_the_resampled_audio_and_notices_a_changed_file(tmp_path, m
 
 
 def test_speed_perturbation_shortens_the_audio_and_raises_its_pitch_by_the_factor():
-    faster = change_speed(tone(16_000, 1.0).astype(np.float32), 1.1)
+    faster = change_speed(tone(16_000, 1.0).astype(np.float32), 1.1, 16_000)
     assert abs(len(faster) - 16_000 / 1.1) <= 2
     spectrum = np.abs(np.fft.rfft(faster * np.hanning(len(faster))))
     peak_hz = np.argmax(spectrum) * 16_000 / len(faster)

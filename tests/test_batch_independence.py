@@ -18,8 +18,7 @@ from torch import nn
 
 from broadclass import predict
 from broadclass.data.manifest import read_manifest, write_manifest
-from broadclass.model.checkpoint import TrainedModel
-from broadclass.model.module import BroadClassModule
+from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.model.padding import masked_group_norm
 from tests.conftest import compose_config, demo_overrides
 
@@ -61,7 +60,9 @@ def module(request, corpus_config) -> BroadClassModule:
     if LAYOUTS[request.param] is not None:
         config = LAYOUTS[request.param]
     torch.manual_seed(0)
-    built = BroadClassModule(datamodule.label_map, pretrained=None, config=config, freeze_feature_encoder=False)
+    built = instantiate(corpus_config.model, _partial_=True)(
+        labels=datamodule.label_map, pretrained=None, config=config, freeze_feature_encoder=False
+    )
     assert built.net.config.feat_extract_norm == ("layer" if request.param == "xlsr53" else "group")
     return built.eval()
 
@@ -189,10 +190,24 @@ def test_the_masked_group_norm_of_a_padded_row_is_torchs_group_norm_of_the_row_a
     nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
     lengths = torch.tensor([50, 17, 33])
     frames = torch.randn(3, 6, 50) * 3 + 1
+    frames.requires_grad_(True)
     masked = masked_group_norm(norm, frames, lengths)
+    weights = torch.randn_like(masked)  # a loss that weighs every output differently
+    (masked * weights).sum().backward()
+    batched_grads = frames.grad.clone(), norm.weight.grad.clone()
+    norm.zero_grad()
+    alone_weight_grad = torch.zeros_like(norm.weight)
     for row, length in enumerate(lengths):
-        alone = norm(frames[row : row + 1, :, :length])[0]
-        torch.testing.assert_close(masked[row, :, :length], alone, atol=1e-5, rtol=1e-5)
+        piece = frames.detach()[row : row + 1, :, :length].clone().requires_grad_(True)
+        alone = norm(piece)
+        assert torch.equal(masked[row, :, :length], alone[0])  # the same kernel on the same frames: bit for bit
+        assert not masked[row, :, length:].any()
+        (alone * weights[row : row + 1, :, :length]).sum().backward()
+        torch.testing.assert_close(batched_grads[0][row, :, :length], piece.grad[0])
+        assert not batched_grads[0][row, :, length:].any()  # padding gets no gradient
+        alone_weight_grad += norm.weight.grad
+        norm.zero_grad()
+    torch.testing.assert_close(batched_grads[1], alone_weight_grad)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # statistics still in fp32, output in fp32 like group_norm
         under_autocast = masked_group_norm(norm, frames, lengths)
     assert under_autocast.dtype == torch.float32

@@ -165,9 +165,9 @@ def test_a_model_that_decodes_nothing_scores_vote_as_category_0_and_posterior_by
     # Blank wins every frame; of the rest, the female vowel has the most mass.
     set_ctc_bias(module, {"<pad>": 8.0, "v_f": 2.0})
     with torch.no_grad():
-        _, segments, preds = module.evaluate_batch(batch_of(module, [1, 1]))
+        _, segments, scores = module.evaluate_batch(batch_of(module, [1, 1]))
     assert segments == [[], []]
-    assert preds["vote"].tolist() == [0, 0] and preds["posterior"].tolist() == [1, 1]
+    assert scores["vote"].argmax(1).tolist() == [0, 0] and scores["posterior"].argmax(1).tolist() == [1, 1]
     result = module.evaluation_result("val", 0, 0)
     assert result.metrics["val/rule/vote/accuracy"] == 0.0
     assert result.metrics["val/rule/posterior/accuracy"] == 1.0
@@ -178,10 +178,10 @@ def test_a_model_that_decodes_a_token_votes_for_its_category(tmp_path):
     module = module_of(tmp_path, "model.primary_rule=vote")
     set_ctc_bias(module, {"p_f": 5.0})
     with torch.no_grad():
-        _, segments, preds = module.evaluate_batch(batch_of(module, [1, 0]))
+        _, segments, scores = module.evaluate_batch(batch_of(module, [1, 0]))
     # Every frame's argmax is p_f: one run, one decoded token per utterance.
     assert [[module.labels.tokens[t] for t, _, _ in s] for s in segments] == [["p_f"], ["p_f"]]
-    assert preds["vote"].tolist() == [1, 1]
+    assert scores["vote"].argmax(1).tolist() == [1, 1]
     assert module.evaluation_result("val", 0, 0).confusion == [[0, 1], [0, 1]]
 
 
@@ -201,9 +201,9 @@ def test_under_primary_rule_head_the_heads_logits_decide(tmp_path):
     with torch.no_grad():
         module.category_head.weight.zero_()
         module.category_head.bias.copy_(torch.tensor([0.0, 3.0]))
-        _, _, preds = module.evaluate_batch(batch_of(module, [1, 1]))
-    assert preds["vote"].tolist() == [0, 0] and preds["posterior"].tolist() == [0, 0]
-    assert preds["head"].tolist() == [1, 1]
+        _, _, scores = module.evaluate_batch(batch_of(module, [1, 1]))
+    assert scores["vote"].argmax(1).tolist() == [0, 0] and scores["posterior"].argmax(1).tolist() == [0, 0]
+    assert scores["head"].argmax(1).tolist() == [1, 1]
     result = module.evaluation_result("val", 0, 0)
     assert result.rule == "head" and result.confusion == [[0, 0], [0, 2]]
     assert result.metrics["val/accuracy"] == 1.0 and result.metrics["val/rule/vote/accuracy"] == 0.0

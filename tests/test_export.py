@@ -74,7 +74,7 @@ def test_a_plain_transformers_pipeline_transcribes_every_validation_file_like_pr
     folder = tmp_path / "validation16k"
     folder.mkdir()
     for row in read_manifest(demo_corpus["validation"]):  # 16 kHz: no resampler in between
-        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
+        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"], 16_000), 16_000, subtype="FLOAT")
     files = sorted(folder.glob("*.wav"))
     texts = pipeline_texts(exported, files)  # transformers alone, in an interpreter that never imports broadclass
 
@@ -185,7 +185,7 @@ def xlsr_layout(tmp_path_factory, demo_corpus, empty_mlflow_db) -> tuple[Path, P
     folder = root / "validation16k"
     folder.mkdir()
     for row in read_manifest(demo_corpus["validation"]):  # 16 kHz: no resampler in between
-        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"]), 16_000, subtype="FLOAT")
+        sf.write(folder / f"{row['id']}.wav", decode(row["audio_filepath"], 16_000), 16_000, subtype="FLOAT")
     return out, folder, pipeline_texts(out, sorted(folder.glob("*.wav")))
 
 

@@ -1,4 +1,5 @@
-"""The package's layers import one way: entry points -> tracking -> training -> model -> metrics -> data.
+"""The package's layers import one way: entry points -> tracking -> training -> model -> metrics -> data, and no
+modules import each other, also within a layer.
 
 Every import of a broadclass module inside broadclass/ counts, a lazy one inside a function too: a lazy import
 hides a dependency from the reader, it does not remove it.
@@ -82,6 +83,74 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     (fake / "data" / "reader.py").write_text("def f():\n    from broadclass.tracking.store import x\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert upward_imports() == ["broadclass/data/reader.py:2: broadclass.data.reader imports broadclass.tracking.store"]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each broadclass module and the broadclass modules it imports (``from broadclass.a import b`` counts as an
+    import of ``broadclass.a.b`` where that is a module, else of ``broadclass.a``)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py") if "conf" not in path.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("broadclass"):
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    edges.add(submodule if submodule in modules else node.module)
+        edges.discard(name)
+    return graph
+
+
+def import_cycles() -> list[list[str]]:
+    """Every set of modules that import each other, directly or through others (Tarjan's strongly connected
+    components of more than one module), each sorted."""
+    graph = import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
+
+
+def test_no_modules_import_each_other_also_within_a_layer():
+    assert import_cycles() == []
+
+
+def test_the_check_sees_a_cycle_within_a_layer_through_a_third_module(tmp_path, monkeypatch):
+    fake = tmp_path / "broadclass"
+    (fake / "model").mkdir(parents=True)
+    (fake / "model" / "__init__.py").write_text("")
+    (fake / "model" / "a.py").write_text("from broadclass.model import b\n")
+    (fake / "model" / "b.py").write_text("def f():\n    from broadclass.model.c import g\n")
+    (fake / "model" / "c.py").write_text("import broadclass.model.a\n")
+    (fake / "model" / "d.py").write_text("from broadclass.model.a import x\n")  # imports the cycle, is not in it
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert import_cycles() == [["broadclass.model.a", "broadclass.model.b", "broadclass.model.c"]]
 
 
 def _readme_layout() -> dict[str, set[str]]:

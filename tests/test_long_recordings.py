@@ -53,11 +53,11 @@ def test_a_window_needs_context_at_both_ends_and_something_left_to_keep(trained_
 def test_a_recording_of_one_window_gives_exactly_the_unchunked_output(trained_run, demo_corpus, tmp_path):
     module = load_model(trained_run.checkpoint).module.eval()
     path = read_manifest(demo_corpus["validation"])[0]["audio_filepath"]
-    wave = decode(path)
+    wave = decode(path, 16_000)
     frames = frames_of(module.net)
     (window,) = plan_windows(len(wave), 20 * RATE, 3 * RATE, 320, frames)
     with torch.inference_mode():
-        stitched = infer_windows(module, lambda a, b: decode_span(path, a, b), [window], [[0]])
+        stitched = infer_windows(module, lambda a, b: decode_span(path, a, b, 16_000), [window], [[0]])
         whole = module.infer(torch.from_numpy(normalize(wave))[None], torch.ones(1, len(wave), dtype=torch.long))
     assert torch.equal(stitched.logits, whole["logits"].float())
     assert stitched.output_lengths.tolist() == whole["output_lengths"].tolist()
@@ -79,7 +79,7 @@ def test_a_long_file_is_predicted_in_windows_with_its_real_time_factor_beside_a_
     folder = tmp_path / "audio"
     folder.mkdir()
     shutil.copy(rows[0]["audio_filepath"], folder / "utterance.wav")
-    waves = [decode(row["audio_filepath"]) for row in rows]
+    waves = [decode(row["audio_filepath"], 16_000) for row in rows]
     session = np.concatenate([waves[i % len(waves)] for i in range(70)])  # about two minutes
     sf.write(folder / "session.wav", session, RATE, subtype="PCM_16")
     out = tmp_path / "long.jsonl"
@@ -129,7 +129,7 @@ def test_a_session_of_known_utterances_gives_each_utterances_tokens_in_its_own_t
     trained = load_model(checkpoint)
     validation = Path(cfg.paths.data_dir) / "demo" / "voice" / "validation.jsonl"
     rows = [row for row in read_manifest(validation) if row["category"] == "male"][:SESSION_UTTERANCES]
-    waves = [decode(row["audio_filepath"]) for row in rows]
+    waves = [decode(row["audio_filepath"], 16_000) for row in rows]
     session = root / "session.wav"
     sf.write(session, np.concatenate(waves), RATE, subtype="FLOAT")
 

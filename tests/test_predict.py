@@ -19,8 +19,8 @@ from sklearn.metrics import classification_report
 from broadclass import predict
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
-from broadclass.model.checkpoint import ModelLoadError, VocabularyMismatchError, label_config
 from broadclass.model.evaluation import EvaluationResult
+from broadclass.model.format import ModelLoadError, VocabularyMismatchError, label_config
 from broadclass.tracking.run_model import load_model
 
 RULES = {"vote", "posterior"}
@@ -165,17 +165,6 @@ def test_a_checkpoint_holding_arbitrary_objects_is_refused_without_unpickling(tm
     torch.save({"state_dict": {}, "payload": NotATensor()}, path)
     with pytest.raises(ModelLoadError, match=r"weights_only=True"):
         load_model(path)
-
-
-def test_a_checkpoint_saved_before_decision_rule_was_renamed_primary_rule_loads_with_its_rule(trained_run, tmp_path):
-    checkpoint = torch.load(trained_run.checkpoint, map_location="cpu", weights_only=True)
-    hparams = checkpoint["hyper_parameters"]
-    assert hparams.pop("primary_rule") == "posterior"
-    hparams["decision_rule"] = "vote"  # the old name, and not the default, so that reading it shows
-    older = tmp_path / "before-rename.ckpt"
-    torch.save(checkpoint, older)
-    assert load_model(older).module.hparams.primary_rule == "vote"
-    assert load_model(trained_run.checkpoint).module.hparams.primary_rule == "posterior"
 
 
 def test_an_unknown_model_names_what_was_tried(tmp_path):

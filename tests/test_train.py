@@ -67,6 +67,17 @@ def test_schema_rejects_a_wrong_type_with_the_section_named(tmp_path):
         check_config(cfg)
 
 
+def test_a_section_is_checked_against_its_constructor_keys_that_it_lacks_and_keys_it_does_not_take(tmp_path):
+    # The schema is BroadClassModule's / BroadClassDataModule's signature: no list of keys to keep beside it.
+    with pytest.raises(ConfigError, match=r"section 'model' lacks warmup_steps: .*BroadClassModule takes them"):
+        check_config(compose_config(tmp_path, ["+experiment=demo", "~model.warmup_steps"]))
+    with pytest.raises(ConfigError, match=r"section 'data'.*learning_rate"):
+        check_config(compose_config(tmp_path, ["+experiment=demo", "+data.learning_rate=0.1"]))
+    with pytest.raises(ConfigError, match=r"(?s)section .data.*full_key: batch_seconds"):
+        check_config(compose_config(tmp_path, ["+experiment=demo", "data.batch_seconds=long"]))
+    check_config(compose_config(tmp_path, ["+experiment=demo", "data.batch_seconds=12.5"]))
+
+
 def test_demo_trains_and_logs_config_vocab_and_metrics_to_mlflow(train_config):
     cfg = train_config("trainer.max_steps=40", "val_every_n_optimizer_steps=20", "model.warmup_steps=5")
     train(cfg)

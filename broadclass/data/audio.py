@@ -65,7 +65,7 @@ def read_header(path: str | Path) -> AudioHeader:
     return AudioHeader(path, int(info.frames), int(info.samplerate), int(info.channels))
 
 
-def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
+def decode(path: str | Path, sample_rate: int) -> np.ndarray:
     """Mono float32 waveform of ``path`` at ``sample_rate``."""
     path = existing(path)
     try:
@@ -80,7 +80,7 @@ def decode(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def decode_span(path: str | Path, start: int, stop: int, sample_rate: int = 16_000) -> np.ndarray:
+def decode_span(path: str | Path, start: int, stop: int, sample_rate: int) -> np.ndarray:
     """Samples ``start`` to ``stop`` (counted at ``sample_rate``) of ``path``, mono float32 at ``sample_rate``,
     read without decoding the rest of the file: a window of a long recording. Resampled on its own, so its
     first and last milliseconds differ slightly from :func:`decode`'s (a window's edges are context)."""
@@ -99,7 +99,7 @@ def decode_span(path: str | Path, start: int, stop: int, sample_rate: int = 16_0
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def change_speed(wave: np.ndarray, factor: float, sample_rate: int = 16_000) -> np.ndarray:
+def change_speed(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
     """``wave`` played ``factor`` times faster, pitch and formants moving with it (speed perturbation, as
     Kaldi's 0.9/1.0/1.1 copies): read as if sampled at ``factor * sample_rate`` and resampled back."""
     if factor == 1.0:
@@ -116,7 +116,7 @@ def normalize(wave: np.ndarray) -> np.ndarray:
 class AudioCache:
     """Resampled waveforms on disk, one ``.npy`` per (file, size, mtime, rate)."""
 
-    def __init__(self, directory: str | Path | None, sample_rate: int = 16_000):
+    def __init__(self, directory: str | Path | None, sample_rate: int):
         self.directory = Path(directory) if directory else None
         self.sample_rate = sample_rate
         if self.directory is not None:

@@ -277,7 +277,8 @@ def collate(items: Sequence[dict], lengths_per_octave: int = 0) -> dict:
 
 
 class BroadClassDataModule(pl.LightningDataModule):
-    """Train/validation/test manifests with a shared label map and audio cache.
+    """Train/validation/test manifests with a shared label map and audio cache. Every argument comes from the
+    ``data`` config (conf/data/manifest.yaml), where each is explained.
 
     ``manifests_from`` (optional) gives the manifests that are made, not given (the demo synthesiser, a set
     folder); it runs once, in ``prepare_data``, and returns a mapping of split name to manifest path.
@@ -289,25 +290,25 @@ class BroadClassDataModule(pl.LightningDataModule):
         self,
         labels: Mapping | None,
         categories: Sequence[Mapping] | None,
-        train_manifest: str | None = None,
-        val_manifest: str | None = None,
-        test_manifest: str | None = None,
-        manifests_from: Callable[[], Mapping[str, str | Path]] | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        batch_seconds: float | None = None,
-        eval_batch_seconds: float | None = None,
-        batch_quadratic_duration: float | None = None,
-        num_workers: int = 0,
-        sample_rate: int = 16_000,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        bucket_jitter: float = 0.02,  # ±2 % of duration: 0.1 padded batches 11 % (experiments/throughput)
-        padded_lengths_per_octave: int = 16,
-        on_error: str = "raise",
-        allow_speaker_overlap: bool = False,
-        max_duration: float | None = 30.0,
-        speed_perturbation: Sequence[float] | None = None,
+        train_manifest: str | None,
+        val_manifest: str | None,
+        test_manifest: str | None,
+        manifests_from: Callable[[], Mapping[str, str | Path]] | None,
+        batch_size: int,
+        eval_batch_size: int,
+        batch_seconds: float | None,
+        eval_batch_seconds: float | None,
+        batch_quadratic_duration: float | None,
+        num_workers: int,
+        sample_rate: int,
+        cache_dir: str | None,
+        seed: int,
+        bucket_jitter: float,
+        padded_lengths_per_octave: int,
+        on_error: str,
+        allow_speaker_overlap: bool,
+        max_duration: float | None,
+        speed_perturbation: Sequence[float] | None,
     ):
         super().__init__()
         if speed_perturbation is not None and (not speed_perturbation or min(speed_perturbation) <= 0):

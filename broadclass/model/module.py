@@ -1,8 +1,12 @@
-"""LightningModule: wav2vec2 encoder + CTC head, optional utterance-category head, the report."""
+"""LightningModule: wav2vec2 encoder + CTC head, optional utterance-category head, the report; and the trained
+model's own loading (:meth:`BroadClassModule.restore_from`) and inference (:meth:`BroadClassModule.transcribe`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,33 +17,62 @@ from broadclass.data.labels import LabelMap
 from broadclass.metrics import CategoryConfusion, RecognitionErrors, flatten_report
 from broadclass.metrics.alignment import ClassConfusion, class_rate_metrics
 from broadclass.metrics.durations import ClassDurations
-from broadclass.model.checkpoint import METADATA_KEY, check_vocabulary, checkpoint_metadata, saved_tokens
-from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote
+from broadclass.model.decoding import RULES, category_posteriors, frame_seconds, greedy_segments, vote_share
 from broadclass.model.encoder import build_network, enable_activation_checkpointing
 from broadclass.model.evaluation import EvaluationResult
+from broadclass.model.format import (
+    METADATA_KEY,
+    ModelLoadError,
+    check_vocabulary,
+    checkpoint_metadata,
+    labels_from_metadata,
+    read_checkpoint,
+    read_exported,
+    saved_tokens,
+)
 from broadclass.model.optimization import ScheduledAdamW
 from broadclass.model.padding import padding_ignored
+from broadclass.model.windows import infer_windows, plan_windows
 
-# wav2vec2 encoders take 16 kHz audio (the data module resamples to it): frame times are counted at this rate.
-SAMPLE_RATE = 16_000
+# What a loaded model's training settings become for inference: the head-less exported network decides by the
+# CTC posteriors, nothing is trained, and no hub or pretrained folder is read again.
+INFERENCE_SETTINGS = {"pretrained": None, "freeze_feature_encoder": False, "gradient_checkpointing": False}
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for inference (eval mode, on the CPU) with the metadata it was saved with."""
+
+    module: BroadClassModule
+    metadata: dict[str, Any]
+    source: str
+    card: str | None = None  # an exported folder's README.md, kept when it is exported again
+
+    @property
+    def labels(self) -> LabelMap:
+        return self.module.labels
 
 
 class BroadClassModule(ScheduledAdamW):
+    """Every argument but ``labels`` comes from the ``model`` config (conf/model/), where each is explained;
+    ``sample_rate`` is the data's (``data.sample_rate``)."""
+
     def __init__(
         self,
         labels: LabelMap,
-        pretrained: str | None = None,
-        config: Mapping[str, Any] | None = None,
-        freeze_feature_encoder: bool = True,
-        lr: float = 3e-4,
-        betas: Sequence[float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 200,
-        primary_rule: str = "posterior",
-        category_head_weight: float = 0.0,
-        ctc_loss_reduction: str = "mean",
-        gradient_checkpointing: bool = False,
+        pretrained: str | None,
+        config: Mapping[str, Any] | None,
+        sample_rate: int,
+        freeze_feature_encoder: bool,
+        lr: float,
+        betas: Sequence[float],
+        eps: float,
+        weight_decay: float,
+        warmup_steps: int,
+        primary_rule: str,
+        category_head_weight: float,
+        ctc_loss_reduction: str,
+        gradient_checkpointing: bool,
     ):
         super().__init__()
         if primary_rule not in RULES:
@@ -50,6 +83,7 @@ class BroadClassModule(ScheduledAdamW):
         self.save_hyperparameters(ignore=["labels"], logger=False)
         self.save_hyperparameters({"tokens": labels.tokens, "categories": labels.category_names}, logger=False)
         self.labels = labels
+        self.sample_rate = sample_rate
         self.num_categories = len(labels.categories)
         # The network's own config records the reduction training uses (an export's config.json says so).
         self.net = build_network(
@@ -73,11 +107,60 @@ class BroadClassModule(ScheduledAdamW):
         )
         # The broad class (its number in the label config) of each token id; -1 for blank and word boundary.
         self.token_class_number = [class_tags.index(t) if t in class_tags else -1 for t in labels.token_class()]
-        self.durations = ClassDurations(class_names, labels.category_names, frame_seconds(self.net.config, SAMPLE_RATE))
+        self.durations = ClassDurations(class_names, labels.category_names, self.frame_seconds)
         # Summed over utterances and across processes, so under DDP it is the single-process number.
         self.eval_loss = MeanMetric()
         self.predictions: list[dict[str, Any]] = []
         self.last_evaluation: EvaluationResult | None = None
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds of audio per encoder frame (20 ms for wav2vec2 at 16 kHz)."""
+        return frame_seconds(self.net.config, self.sample_rate)
+
+    # ---- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def restore_from(cls, path: str | Path) -> TrainedModel:
+        """A checkpoint file or an exported folder (an MLflow run or ``models:/`` URI:
+        ``broadclass.tracking.run_model.load_model``), ready for inference."""
+        path = Path(path)
+        if path.is_file():
+            return cls.from_checkpoint(path)
+        if path.is_dir():
+            return cls.from_exported(path)
+        raise ModelLoadError(f"{path}: no such checkpoint file or exported folder")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> TrainedModel:
+        """A Lightning checkpoint, read without unpickling, rebuilt from its own network config."""
+        checkpoint, metadata = read_checkpoint(path)
+        labels = labels_from_metadata(metadata, f"checkpoint {path}")
+        settings = {**checkpoint["hyper_parameters"], "config": metadata["network"], **INFERENCE_SETTINGS}
+        module = cls._with_settings(labels, settings, metadata["sample_rate"])
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
+        return TrainedModel(module.eval(), metadata, str(path))
+
+    @classmethod
+    def from_exported(cls, folder: str | Path) -> TrainedModel:
+        """A folder written by ``broadclass.model.exported_folder`` (or a run's logged model): its network is a
+        HuggingFace CTC model without the category head, loaded from its safetensors."""
+        metadata, card = read_exported(folder)
+        labels = labels_from_metadata(metadata, f"exported model {folder}")
+        settings = {**metadata["hparams"], **INFERENCE_SETTINGS, "config": None, "category_head_weight": 0.0}
+        if settings["primary_rule"] == "head":
+            settings["primary_rule"] = "posterior"
+        module = cls._with_settings(labels, {**settings, "pretrained": str(folder)}, metadata["sample_rate"])
+        return TrainedModel(module.eval(), metadata, str(folder), card)
+
+    @classmethod
+    def _with_settings(cls, labels: LabelMap, settings: Mapping[str, Any], sample_rate: int) -> BroadClassModule:
+        names = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "labels")]
+        return cls(labels, **{name: settings[name] for name in names if name != "sample_rate"}, sample_rate=sample_rate)
+
+    def training_settings(self) -> dict[str, Any]:
+        """The constructor's arguments but the labels, as plain types (an export keeps them)."""
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "labels")]
+        return {name: self.hparams[name] for name in names}
 
     # ---- forward and loss ------------------------------------------------------------------------
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -135,23 +218,26 @@ class BroadClassModule(ScheduledAdamW):
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
-    def predict_categories(self, out: dict[str, torch.Tensor], decoded: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Category decisions under every available rule, with the posterior share behind each."""
-        posterior = category_posteriors(out["logits"], out["output_lengths"], self.token_category, self.num_categories)
-        preds = {
-            "vote": vote(decoded, self.token_category.tolist(), self.num_categories).to(posterior.device),
-            "posterior": posterior.argmax(dim=1),
+    def category_scores(self, out: dict[str, torch.Tensor], decoded: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Per rule, each utterance's score of each category on the host, rows summing to 1 (0 for a vote
+        without tokens): ``vote`` its share of the decoded tokens, ``posterior`` its share of the CTC posterior
+        mass, ``head`` the head's probability. A rule decides the category of highest score."""
+        scores = {
+            "vote": vote_share(decoded, self.token_category.tolist(), self.num_categories),
+            "posterior": category_posteriors(
+                out["logits"], out["output_lengths"], self.token_category, self.num_categories
+            ).cpu(),
         }
-        if self.category_head is not None:
-            preds["head"] = out["category_logits"].argmax(dim=1)
-        return preds
+        if self.category_head is not None and "category_logits" in out:
+            scores["head"] = out["category_logits"].float().softmax(dim=1).cpu()
+        return scores
 
     def decode_outputs(self, out: dict[str, torch.Tensor]) -> tuple[list[list[tuple[int, int, int]]], dict]:
-        """Each utterance's greedy CTC segments (token id, first frame, end frame), and the category decisions
-        under every rule (:meth:`predict_categories`)."""
+        """Each utterance's greedy CTC segments (token id, first frame, end frame), and each rule's category
+        scores (:meth:`category_scores`)."""
         segments = greedy_segments(out["logits"], out["output_lengths"], self.labels.blank_id)
         decoded = [[token for token, _, _ in utterance] for utterance in segments]
-        return segments, self.predict_categories(out, decoded)
+        return segments, self.category_scores(out, decoded)
 
     def evaluate_batch(self, batch: dict) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, int, int]]], dict]:
         """Score one batch with references (``labels``, ``categories``): the loss and every evaluation metric
@@ -160,9 +246,10 @@ class BroadClassModule(ScheduledAdamW):
         out = self.infer(batch["input_values"], batch["attention_mask"])
         loss, _ = self._loss(out, batch)
         self.eval_loss.update(loss.detach().float(), weight=len(batch["ids"]))
-        segments, preds = self.decode_outputs(out)
+        segments, scores = self.decode_outputs(out)
+        preds = {rule: score.argmax(dim=1) for rule, score in scores.items()}
         for rule, pred in preds.items():
-            self.confusion[rule].update(pred, batch["categories"])
+            self.confusion[rule].update(pred.to(batch["categories"].device), batch["categories"])
         refs = [self.labels.decode(row[row >= 0].tolist()) for row in batch["labels"].cpu()]
         hyps = [self.labels.decode([token for token, _, _ in utterance]) for utterance in segments]
         self.errors.update(refs, hyps)
@@ -172,10 +259,8 @@ class BroadClassModule(ScheduledAdamW):
         # Kept per utterance for error analysis (and so the logged report can be recomputed); the segments and
         # posteriors are what the error browser (broadclass.tracking.error_browser) draws.
         host_preds = {rule: pred.tolist() for rule, pred in preds.items()}
-        posteriors = category_posteriors(
-            out["logits"], out["output_lengths"], self.token_category, self.num_categories
-        ).tolist()
-        seconds = frame_seconds(self.net.config, SAMPLE_RATE)
+        posteriors = scores["posterior"].tolist()
+        seconds = self.frame_seconds
         for i, utt_id in enumerate(batch["ids"]):
             self.predictions.append(
                 {
@@ -189,7 +274,7 @@ class BroadClassModule(ScheduledAdamW):
                     "posteriors": [round(p, 4) for p in posteriors[i]],
                 }
             )
-        return out, segments, preds
+        return out, segments, scores
 
     def class_segments(self, segments: list[list[tuple[int, int, int]]]) -> list[list[tuple[int, int]]]:
         """(class number, frames) of each decoded class token (word boundaries left out)."""
@@ -256,11 +341,113 @@ class BroadClassModule(ScheduledAdamW):
     def on_test_epoch_end(self) -> None:
         self._evaluation_epoch_end("test")
 
+    # ---- inference ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def transcribe(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each utterance of a padded batch (the datamodule's or predict's collate) transcribed and decided:
+        its ``duration``, ``tokens``, ``text``, ``classes``, timed ``segments``, each rule's ``category`` with
+        its confidence, and the ``posteriors``. A batch with references (``labels``, ``categories``) is scored
+        as validation scores it: the evaluation metrics are updated (:meth:`evaluation_result` reads them)."""
+        on_device = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if "labels" in batch:
+            out, segments, scores = self.evaluate_batch(on_device)
+        else:
+            out = self.infer(on_device["input_values"], on_device["attention_mask"])
+            segments, scores = self.decode_outputs(out)
+        return self._records(segments, scores, batch["attention_mask"].sum(dim=1).tolist())
+
+    @torch.inference_mode()
+    def transcribe_recording(
+        self,
+        read: Callable[[int, int], Any],
+        total: int,
+        window_seconds: float,
+        context_seconds: float,
+        batches: Callable[[list[float]], list[list[int]]],
+    ) -> dict[str, Any]:
+        """The record of one recording of ``total`` samples transcribed in overlapping windows
+        (:mod:`broadclass.model.windows`: ``read(start, stop)`` gives its samples), their outputs stitched,
+        decoded and decided as one utterance, plus ``windows``: each window's span of the timeline with the
+        categories decided over it. ``batches`` groups the windows (their seconds) into batches."""
+        stride = round(self.frame_seconds * self.sample_rate)
+        windows = plan_windows(
+            total,
+            round(window_seconds * self.sample_rate / stride) * stride,
+            round(context_seconds * self.sample_rate / stride) * stride,
+            stride,
+            lambda n: int(self.net._get_feat_extract_output_lengths(torch.tensor(n))),
+        )
+        stitched = infer_windows(self, read, windows, batches([(w.stop - w.start) / self.sample_rate for w in windows]))
+        out = stitched.as_forward_output()
+        segments, scores = self.decode_outputs(out)
+        (record,) = self._records(segments, scores, [total])
+        spans = []
+        for n, window in enumerate(windows):
+            part = {"logits": out["logits"][:, window.keep_start : window.keep_stop]}
+            part["output_lengths"] = torch.tensor([window.keep_stop - window.keep_start])
+            if stitched.head_probabilities is not None:
+                part["category_logits"] = stitched.head_probabilities[n].log()[None]
+            decoded = [[token for token, start, _ in segments[0] if window.keep_start <= start < window.keep_stop]]
+            spans.append(
+                {
+                    "start": round(window.keep_start * self.frame_seconds, 4),
+                    "end": round(window.keep_stop * self.frame_seconds, 4),
+                    "category": self._decisions(self.category_scores(part, decoded))[0],
+                }
+            )
+        record["windows"] = spans
+        return record
+
+    def _decisions(self, scores: dict[str, torch.Tensor]) -> list[dict[str, dict[str, Any]]]:
+        """Per utterance, each rule's category (its highest score) with that score as its confidence."""
+        names = self.labels.category_names
+        decisions = []
+        for row in range(len(scores["posterior"])):
+            picked = {rule: int(score[row].argmax()) for rule, score in scores.items()}
+            decisions.append(
+                {
+                    rule: {"name": names[k], "confidence": round(float(scores[rule][row, k]), 4)}
+                    for rule, k in picked.items()
+                }
+            )
+        return decisions
+
+    def _records(
+        self, segments: list[list[tuple[int, int, int]]], scores: dict[str, torch.Tensor], samples: list[int]
+    ) -> list[dict[str, Any]]:
+        labels, seconds = self.labels, self.frame_seconds
+        token_class = labels.token_class()
+        records = []
+        for row, decisions in enumerate(self._decisions(scores)):
+            ids = [token for token, _, _ in segments[row]]
+            tokens = labels.decode(ids)
+            records.append(
+                {
+                    "duration": round(samples[row] / self.sample_rate, 4),
+                    "tokens": tokens,
+                    "text": " ".join(tokens),
+                    "classes": [token_class[i] for i in ids],
+                    "segments": [
+                        {"token": tokens[n], "start": round(start * seconds, 4), "end": round(end * seconds, 4)}
+                        for n, (_, start, end) in enumerate(segments[row])
+                    ],
+                    "category": decisions,
+                    "posteriors": {
+                        name: round(float(v), 4)
+                        for name, v in zip(labels.category_names, scores["posterior"][row], strict=True)
+                    },
+                }
+            )
+        return records
+
     # ---- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # What inference needs without the training config (see broadclass.model.checkpoint).
+        # What inference needs without the training config (see broadclass.model.format).
         checkpoint[METADATA_KEY] = checkpoint_metadata(
-            self.labels, self.net.config, self.last_evaluation.summary() if self.last_evaluation else None
+            self.labels,
+            self.net.config,
+            self.sample_rate,
+            self.last_evaluation.summary() if self.last_evaluation else None,
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -66,28 +66,19 @@ def _zero_past(lengths: torch.Tensor):
 def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``norm(frames)`` with each row's statistics taken over its first ``lengths`` frames only.
 
-    ``frames`` is (batch, channels, time). Computed in fp32 and returned in fp32 under autocast (as autocast
-    runs ``group_norm``), else in the input's dtype. Frames past a row's length are normalised with its
-    statistics too: they only ever feed padded frames later."""
+    ``frames`` is (batch, channels, time). Each row's own frames go through torch's group norm, the kernel the
+    row alone goes through, so a row gets exactly its output alone; frames past a row's length are zeros (they
+    only ever feed padded frames later). One fused pass per row: 2-4x faster than statistics over a mask
+    (experiments/throughput/README.md). Computed in fp32 and returned in fp32 under autocast (as autocast runs
+    ``group_norm``), else in the input's dtype."""
     autocast = torch.is_autocast_enabled(frames.device.type)
-    with torch.autocast(frames.device.type, enabled=False):  # autocast would run the sums' bmm in 16 bits
-        out = _masked_group_norm(norm, frames.float(), lengths)
+    with torch.autocast(frames.device.type, enabled=False):
+        x = frames.float()
+        out = torch.zeros_like(x)
+        weight, bias = (norm.weight, norm.bias) if norm.affine else (None, None)
+        for row, length in enumerate(lengths.tolist()):
+            length = max(int(length), 1)
+            out[row, :, :length] = nn.functional.group_norm(
+                x[row : row + 1, :, :length], norm.num_groups, weight, bias, norm.eps
+            )[0]
     return out if autocast else out.to(frames.dtype)
-
-
-def _masked_group_norm(norm: nn.GroupNorm, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    batch, channels, width = x.shape
-    groups = norm.num_groups
-    valid = (torch.arange(width, device=x.device)[None, :] < lengths[:, None]).float().unsqueeze(-1)  # (b, t, 1)
-    # Per-channel sums over the valid frames as matrix products, then summed per group.
-    sums = torch.bmm(x, valid).view(batch, groups, -1).sum(-1)
-    squares = torch.bmm(x.square(), valid).view(batch, groups, -1).sum(-1)
-    count = (lengths.clamp_min(1) * (channels // groups)).float()[:, None]
-    mean = sums / count
-    inv_std = torch.rsqrt((squares / count - mean.square()).clamp_min(0) + norm.eps)
-    scale = inv_std.repeat_interleave(channels // groups, dim=1)  # (batch, channels)
-    shift = -(mean * inv_std).repeat_interleave(channels // groups, dim=1)
-    if norm.affine:
-        shift = shift * norm.weight.float() + norm.bias.float()
-        scale = scale * norm.weight.float()
-    return torch.addcmul(shift.unsqueeze(-1), x, scale.unsqueeze(-1))

@@ -48,7 +48,7 @@ from transformers import PreTrainedModel
 
 from broadclass.model.cluster_targets import FrameMfcc, fit_centroids, nearest, receptive_field
 from broadclass.model.encoder import build_pretraining_network, enable_activation_checkpointing
-from broadclass.model.export import save_feature_extractor
+from broadclass.model.exported_folder import save_feature_extractor
 from broadclass.model.optimization import ScheduledAdamW
 from broadclass.model.padding import padding_ignored
 
@@ -146,6 +146,7 @@ class MaskedPretrainingModule(ScheduledAdamW):
         self,
         pretrained: str | None,
         config: Mapping[str, Any] | None,
+        sample_rate: int,
         freeze_feature_encoder: bool,
         gradient_checkpointing: bool,
         mask_time_prob: float,
@@ -205,7 +206,11 @@ class MaskedPretrainingModule(ScheduledAdamW):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The full network config, so the encoder is rebuilt without the training config (or the hub).
-        checkpoint[METADATA_KEY] = {"config": self.net.config.to_dict(), "step": int(self.global_step)}
+        checkpoint[METADATA_KEY] = {
+            "config": self.net.config.to_dict(),
+            "sample_rate": int(self.hparams.sample_rate),
+            "step": int(self.global_step),
+        }
 
 
 class ContrastivePretrainingModule(MaskedPretrainingModule):
@@ -328,9 +333,7 @@ class ClusterPretrainingModule(MaskedPretrainingModule):
     projections of the network take no part (frozen); the folder it writes has the same layout as the contrastive
     task's, so ``train`` and ``pretrain`` load it alike."""
 
-    def __init__(
-        self, num_clusters: int, cluster_fit_utterances: int, unmasked_weight: float, sample_rate: int, **shared: Any
-    ):
+    def __init__(self, num_clusters: int, cluster_fit_utterances: int, unmasked_weight: float, **shared: Any):
         if num_clusters < 2 or cluster_fit_utterances < 1 or unmasked_weight < 0:
             raise ValueError(
                 "model.num_clusters must be at least 2, model.cluster_fit_utterances at least 1 and "
@@ -339,7 +342,7 @@ class ClusterPretrainingModule(MaskedPretrainingModule):
         super().__init__(**shared)
         config = self.net.config
         window, hop = receptive_field(config.conv_kernel, config.conv_stride)
-        self.mfcc = FrameMfcc(window, hop, sample_rate)
+        self.mfcc = FrameMfcc(window, hop, self.hparams.sample_rate)
         self.register_buffer("centroids", torch.zeros(num_clusters, self.mfcc.dim))
         self.register_buffer("centroids_fitted", torch.zeros((), dtype=torch.bool))
         self.cluster_head = nn.Linear(config.hidden_size, num_clusters)
@@ -460,7 +463,7 @@ def save_encoder(checkpoint: str | Path, folder: str | Path, provenance: Mapping
     out.mkdir(parents=True, exist_ok=True)
     network.save_pretrained(out)
     # The attention mask is passed for every layout (broadclass.model.padding keeps padding out of the group norm).
-    save_feature_extractor(out, attention_mask=True)
+    save_feature_extractor(out, metadata["sample_rate"], attention_mask=True)
     record = {"checkpoint": str(Path(checkpoint).resolve()), "step": metadata["step"], **provenance}
     (out / PROVENANCE_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return out

@@ -16,8 +16,9 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from pytorch_lightning.utilities import rank_zero_warn
 
-from broadclass.model.checkpoint import MODEL_TYPE, load_checkpoint
-from broadclass.model.export import export_model
+from broadclass.model.exported_folder import export_model
+from broadclass.model.format import MODEL_TYPE
+from broadclass.model.module import BroadClassModule
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.run_card import build_card
 from broadclass.training.resumable_state import kept_checkpoint
@@ -44,7 +45,7 @@ class ExportBestModel(pl.Callback):
             rank_zero_warn(f"no model card from run {run_id} ({err}): the exported model gets a short one")
             card = None
         # Read back from the file, as a user of the run would, so the logged model is the checkpoint's.
-        trained = load_checkpoint(path)
+        trained = BroadClassModule.from_checkpoint(path)
         step = (trained.metadata.get("report") or {}).get("step", trainer.global_step)
         with tempfile.TemporaryDirectory(prefix="broadclass-export-") as folder:
             export_model(trained, folder, overwrite=True, card=card)

@@ -31,7 +31,6 @@ from mlflow.exceptions import MlflowException
 from broadclass.metrics import category_keys
 from broadclass.metrics.markdown import markdown_table
 from broadclass.model.card_sections import evaluation_section, front_matter, number, transcription_sentence
-from broadclass.model.checkpoint import primary_rule_of
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
@@ -181,7 +180,7 @@ def _description(record: RunRecord) -> str:
         f"This model is {origin}. "
         + transcription_sentence({name: spec.get("tag") for name, spec in classes.items()}, categories)
         + f" The utterance's category is decided from the CTC output by the primary decision rule "
-        f"`{primary_rule_of(model) or '?'}`.",
+        f"`{model.get('primary_rule', '?')}`.",
         "",
         "## Training and evaluation data",
         "",
@@ -241,7 +240,7 @@ def _hyperparameters(record: RunRecord) -> str:
         ("gradient_clip_val", trainer.get("gradient_clip_val")),
         ("freeze_feature_encoder", model.get("freeze_feature_encoder")),
         ("eval_steps", f"{cfg.get('val_every_n_optimizer_steps')} optimizer steps"),
-        ("primary_rule", primary_rule_of(model)),
+        ("primary_rule", model.get("primary_rule")),
     ]
     if (model.get("category_head_weight") or 0) > 0:
         items.append(("category_head_weight", model["category_head_weight"]))

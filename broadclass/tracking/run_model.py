@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from broadclass.model.checkpoint import ModelLoadError, TrainedModel, load_exported, load_saved_model
+from broadclass.model.format import ModelLoadError
+from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
@@ -52,15 +53,15 @@ def download_run_model(run: str, destination: str | Path, tracking_uri: str | No
     if not ready:
         raise ModelLoadError(
             f"MLflow run {run_id} ({uri}) has no logged model: it is logged at the end of training when "
-            f"callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
-            f"<checkpoint> <dir>` instead."
+            "callbacks.export_model.enabled=true. Export a checkpoint with `python -m broadclass.export "
+            "<checkpoint> <dir>` instead."
         )
     newest = max(ready, key=lambda m: m.creation_timestamp)
     try:
         folder = download_artifacts(artifact_uri=newest.artifact_location, dst_path=str(destination), tracking_uri=uri)
     except (MlflowException, OSError) as err:
         raise ModelLoadError(
-            f"MLflow run {run_id} ({uri}): its model {newest.model_uri} did not download: {err}"
+            f"MLflow run {run_id} ({uri}): its model {newest.model_uri} cannot be read: {err}"
         ) from None
     return f"MLflow run {run_id} ({newest.model_uri})", Path(folder)
 
@@ -69,9 +70,9 @@ def load_model(source: str | Path, tracking_uri: str | None = None) -> TrainedMo
     """A checkpoint file, an exported folder, the model logged to an MLflow run (id or name), or a
     ``models:/<name>/<version>`` (``models:/<model id>``) URI."""
     if Path(source).exists():
-        return load_saved_model(source)
+        return BroadClassModule.restore_from(source)
     with tempfile.TemporaryDirectory(prefix="broadclass-run-model-") as tmp:
         origin, folder = download_run_model(str(source), tmp, tracking_uri)
-        trained = load_exported(folder)
+        trained = BroadClassModule.from_exported(folder)
     trained.source = origin
     return trained

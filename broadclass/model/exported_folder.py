@@ -2,12 +2,12 @@
 
 The folder holds
 the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …: ``model.safetensors``) and
-``config.json`` (``id2label``/``label2id``), the feature extractor (``preprocessor_config.json``: 16 kHz,
-normalised, an attention mask for layer-norm feature encoders, as transformers' own XLSR and wav2vec2-base
+``config.json`` (``id2label``/``label2id``), the feature extractor (``preprocessor_config.json``: the model's
+sample rate, normalised, an attention mask for layer-norm feature encoders, as transformers' own XLSR and wav2vec2-base
 folders do; ``broadclass.predict`` passes it for every layout and gives each utterance of a batch the
 output it gets alone), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
-``broadclass.json`` (vocabulary, label config, categories, validation report: what ``broadclass.predict``
-and ``model.pretrained=<folder>`` read) and a model card (``README.md``).
+``broadclass.json`` (vocabulary, label config, categories, sample rate, the training settings, validation
+report: what ``broadclass.predict`` and ``model.pretrained=<folder>`` read) and a model card (``README.md``).
 
 The tokenizer is a ``Wav2Vec2PhonemeCTCTokenizer`` over the same ``vocab.json`` a ``Wav2Vec2CTCTokenizer``
 would use, with phonemization off: ``Wav2Vec2CTCTokenizer`` joins the tokens of a word without a separator
@@ -27,9 +27,8 @@ from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
 
 from broadclass.data.labels import BLANK, LabelMap
 from broadclass.model.card_sections import checkpoint_card
-from broadclass.model.checkpoint import METADATA_FILE, TrainedModel
-
-SAMPLE_RATE = 16_000
+from broadclass.model.format import METADATA_FILE
+from broadclass.model.module import TrainedModel
 
 
 def build_tokenizer(labels: LabelMap, folder: Path) -> Wav2Vec2PhonemeCTCTokenizer:
@@ -58,15 +57,17 @@ def export_metadata(trained: TrainedModel) -> dict[str, Any]:
         classes={name: spec["tag"] for name, spec in labels.classes.items()},
         text_format="tokens separated by spaces; '|' is the word boundary; a token is <class tag>_<category tag>",
         rules=[rule for rule in trained.module.rules if rule != "head"],
+        hparams=trained.module.training_settings(),
     )
     return metadata
 
 
-def save_feature_extractor(folder: Path, attention_mask: bool) -> None:
-    """The feature extractor of every folder we write: 16 kHz mono, normalised as the data module normalises."""
+def save_feature_extractor(folder: Path, sample_rate: int, attention_mask: bool) -> None:
+    """The feature extractor of every folder we write: mono at ``sample_rate``, normalised as the data module
+    normalises."""
     Wav2Vec2FeatureExtractor(
         feature_size=1,
-        sampling_rate=SAMPLE_RATE,
+        sampling_rate=sample_rate,
         padding_value=0.0,
         do_normalize=True,
         return_attention_mask=attention_mask,
@@ -87,7 +88,7 @@ def export_model(trained: TrainedModel, out_dir: str | Path, overwrite: bool = F
     network.config.id2label = dict(enumerate(labels.tokens))
     network.config.label2id = labels.vocab
     network.save_pretrained(out)
-    save_feature_extractor(out, attention_mask=network.config.feat_extract_norm == "layer")
+    save_feature_extractor(out, trained.module.sample_rate, attention_mask=network.config.feat_extract_norm == "layer")
     build_tokenizer(labels, out).save_pretrained(out)
     metadata = export_metadata(trained)
     (out / METADATA_FILE).write_text(json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -1,10 +1,12 @@
-"""Load a trained model without its training config: a Lightning checkpoint, an exported folder, an MLflow run.
+"""The saved model's format: what a checkpoint and an exported folder hold besides the weights, and reading it.
 
 Every checkpoint carries a ``"broadclass"`` section (written by ``BroadClassModule.on_save_checkpoint``)
 with what inference needs: the token list, the label config and categories the LabelMap is rebuilt
 from, the full network config (not only the overrides the run was configured with, so a model
-fine-tuned from a hub checkpoint is rebuilt without the hub) and the validation report it was saved
-after. An exported folder (``broadclass.model.export``) keeps the same section in ``broadclass.json``.
+fine-tuned from a hub checkpoint is rebuilt without the hub), the audio sample rate and the validation
+report it was saved after. An exported folder (``broadclass.model.exported_folder``) keeps the same section in
+``broadclass.json``. Loading a model from them is the module's own (``BroadClassModule.restore_from``); this
+module imports no model.
 
 Nothing is unpickled: checkpoints are read with ``torch.load(weights_only=True)`` and exported weights
 from safetensors, so a file someone hands over cannot run code.
@@ -14,22 +16,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig
 
 from broadclass.data.labels import LabelMap
 
-if TYPE_CHECKING:
-    from broadclass.model.module import BroadClassModule
-
 METADATA_KEY = "broadclass"
 METADATA_FILE = "broadclass.json"
-# The artifact folder a run's exported model is logged under (broadclass.tracking.export_callback).
-RUN_ARTIFACT = "model"  # where runs logged before MLflow logged models kept the export
 MODEL_TYPE = "broadclass-ctc"  # the logged model's type in MLflow
 FORMAT_VERSION = 1
 
@@ -65,7 +61,7 @@ def label_config(labels: LabelMap) -> dict[str, Any]:
 
 
 def checkpoint_metadata(
-    labels: LabelMap, network_config: PretrainedConfig, report: Mapping[str, Any] | None = None
+    labels: LabelMap, network_config: PretrainedConfig, sample_rate: int, report: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The ``"broadclass"`` section: plain types only, so ``torch.load(weights_only=True)`` reads it."""
     return {
@@ -74,17 +70,17 @@ def checkpoint_metadata(
         "labels": label_config(labels),
         "categories": [{"name": c.name, "tag": c.tag} for c in labels.categories],
         "network": network_config.to_dict(),
+        "sample_rate": int(sample_rate),
         # The summary of the validation the checkpoint was saved after (EvaluationResult.summary()).
         "report": dict(report) if report else None,
     }
 
 
 def saved_tokens(checkpoint: Mapping[str, Any]) -> list[str] | None:
-    """The vocabulary a Lightning checkpoint was trained with (older checkpoints: from its hparams)."""
+    """The vocabulary a Lightning checkpoint was trained with."""
     if METADATA_KEY in checkpoint:
         return list(checkpoint[METADATA_KEY]["tokens"])
-    tokens = checkpoint.get("hyper_parameters", {}).get("tokens")
-    return list(tokens) if tokens is not None else None
+    return None
 
 
 def check_vocabulary(expected: Sequence[str], found: Sequence[str] | None, source: str) -> None:
@@ -111,43 +107,14 @@ def check_vocabulary(expected: Sequence[str], found: Sequence[str] | None, sourc
     )
 
 
-def primary_rule_of(model: Mapping[str, Any]) -> str | None:
-    """The primary rule a checkpoint's hparams or a run's ``model`` config name, None if neither does.
-
-    Checkpoints and runs saved before ``model.decision_rule`` was renamed ``model.primary_rule`` carry the old name.
-    """
-    return model.get("primary_rule", model.get("decision_rule"))
-
-
 def labels_from_metadata(metadata: Mapping[str, Any], source: str) -> LabelMap:
     labels = LabelMap.from_config(metadata["labels"], metadata["categories"])
     check_vocabulary(labels.tokens, metadata.get("tokens"), source)
     return labels
 
 
-@dataclass
-class TrainedModel:
-    """A model ready for inference (eval mode, on the CPU) with the metadata it was saved with."""
-
-    module: BroadClassModule
-    metadata: dict[str, Any]
-    source: str
-    card: str | None = None  # an exported folder's README.md, kept when it is exported again
-
-    @property
-    def labels(self) -> LabelMap:
-        return self.module.labels
-
-
-def _build_module(labels: LabelMap, **kwargs: Any) -> BroadClassModule:
-    # Imported here: module.py imports this file for its checkpoint hooks.
-    from broadclass.model.module import BroadClassModule
-
-    return BroadClassModule(labels, freeze_feature_encoder=False, **kwargs)
-
-
-def load_checkpoint(path: str | Path) -> TrainedModel:
-    """A Lightning checkpoint, read without unpickling."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Lightning checkpoint read without unpickling, and its ``"broadclass"`` section."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -164,41 +131,19 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
             f"checkpoint {path} has no '{METADATA_KEY}' section (label config, network config): it was "
             "not written by this version of broadclass"
         )
-    labels = labels_from_metadata(metadata, f"checkpoint {path}")
-    hparams = checkpoint.get("hyper_parameters", {})
-    module = _build_module(
-        labels,
-        config=metadata["network"],
-        primary_rule=primary_rule_of(hparams) or "posterior",
-        category_head_weight=hparams.get("category_head_weight", 0.0),
-    )
-    module.load_state_dict(checkpoint["state_dict"], strict=True)
-    return TrainedModel(module.eval(), dict(metadata), str(path))
+    return checkpoint, dict(metadata)
 
 
-def load_exported(folder: str | Path) -> TrainedModel:
-    """A folder written by ``broadclass.model.export`` (or downloaded from a run's logged model)."""
+def read_exported(folder: str | Path) -> tuple[dict[str, Any], str | None]:
+    """An exported folder's ``"broadclass"`` section, its vocabulary checked against its ``config.json``, and
+    its model card (``README.md``), kept when the model is exported again."""
     folder = Path(folder)
     metadata_file = folder / METADATA_FILE
     if not metadata_file.is_file():
         raise ModelLoadError(f"{folder} has no {METADATA_FILE}: not a folder written by `python -m broadclass.export`")
     metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
-    labels = labels_from_metadata(metadata, f"exported model {folder}")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     id2label = {int(i): token for i, token in config.get("id2label", {}).items()}
-    check_vocabulary(labels.tokens, [id2label.get(i) for i in range(len(id2label))], f"{folder}/config.json")
-    # The same path as fine-tuning from the folder (model.pretrained=<folder>): safetensors weights.
-    module = _build_module(labels, pretrained=str(folder))
+    check_vocabulary(metadata["tokens"], [id2label.get(i) for i in range(len(id2label))], f"{folder}/config.json")
     card_file = folder / "README.md"
-    card = card_file.read_text(encoding="utf-8") if card_file.is_file() else None
-    return TrainedModel(module.eval(), metadata, str(folder), card)
-
-
-def load_saved_model(path: str | Path) -> TrainedModel:
-    """A checkpoint file or an exported folder (an MLflow run or ``models:/`` URI: broadclass.tracking.store)."""
-    path = Path(path)
-    if path.is_file():
-        return load_checkpoint(path)
-    if path.is_dir():
-        return load_exported(path)
-    raise ModelLoadError(f"{path}: no such checkpoint file or exported folder")
+    return metadata, card_file.read_text(encoding="utf-8") if card_file.is_file() else None
