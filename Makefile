@@ -90,7 +90,7 @@ gpu-check: install
 UI_PORT ?= 5000
 # Prints each experiment's training-runs page, then serves the UI there.
 ui: install
-	$(PY) -m broadclass.tracking.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
+	$(PY) -m broadclass.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --workers 1 --port $(UI_PORT)
 
 # Regenerate the pinned lock from the current venv (torch excluded: it is the user's choice of build).

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from broadclass.config import argument, parse_arguments
+from broadclass.arguments import argument, parse_arguments
 from broadclass.model.exported_folder import export_model
 from broadclass.model.format import ModelLoadError
 from broadclass.tracking.run_model import load_model

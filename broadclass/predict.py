@@ -56,7 +56,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from broadclass.config import argument, parse_arguments
+from broadclass.arguments import argument, parse_arguments
 from broadclass.data.audio import AudioError, decode, decode_span, normalize, read_header
 from broadclass.data.datamodule import collate, pad_waves, seconds_batches
 from broadclass.data.labels import LabelMap, UnknownPhoneError

@@ -54,7 +54,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broadclass.config import argument, parse_arguments, project_root
+from broadclass.arguments import argument, parse_arguments
+from broadclass.check import main as check_manifests
+from broadclass.config import project_root
 from broadclass.data.manifest import ManifestError
 from broadclass.data.sets import DEFAULT_SETS, format_summary, locate_set, prepare_sets, suggest_tags
 from broadclass.data.sources import CorpusError
@@ -96,7 +98,7 @@ class PrepareArguments:
         "a folder of audio files -> OUT/unlabeled.jsonl (id, audio_filepath, duration) for self-supervised "
         "pretraining: no phones, categories or speakers; takes only out, check and debug",
     )
-    check: bool = argument(False, "then check every row as training will (broadclass.data.check)")
+    check: bool = argument(False, "then check every row as training will (python -m broadclass.check)")
     debug: bool = argument(False, "show the traceback of an input error")
 
 
@@ -118,9 +120,7 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     if args.check:
-        from broadclass.data.check import main as check
-
-        if check([*manifests, *check_arguments], print_fn):
+        if check_manifests([*manifests, *check_arguments], print_fn):
             raise SystemExit(1)
 
 

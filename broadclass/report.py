@@ -1,6 +1,6 @@
 """``python -m broadclass.report <run id or run name>``: the Markdown model card of an MLflow run.
 
-``compare=<experiment name or sweep dir>`` hands over to ``broadclass.tracking.compare`` (side-by-side
+``compare=<experiment name or sweep dir>`` hands over to ``python -m broadclass.compare`` (side-by-side
 tables of several runs). ``compare=A B`` with two runs (ids or names) scored on the same utterances:
 their bootstrap intervals side by side and the paired tests (McNemar on the category decisions, a paired
 bootstrap on TER), on the evaluation both logged (the test where both have one, else the best validation), and
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broadclass.config import argument, parse_arguments
+from broadclass.arguments import argument, parse_arguments
 from broadclass.tracking.error_analysis import paired_runs_markdown
 from broadclass.tracking.error_browser import ARTIFACT, BrowserLimits, comparison_page, write_page
-from broadclass.tracking.model_card import RunRecord, build_card, evaluation_predictions, evaluations_of
+from broadclass.tracking.run_card import RunRecord, build_card, evaluation_predictions, evaluations_of
 from broadclass.tracking.store import RunLookupError, default_tracking_uri, find_run, open_store
 
 
@@ -27,12 +27,12 @@ class ReportArguments:
     run: str | None = argument(None, "MLflow run id or run name (with compare=RUN: the second run)", positional=True)
     compare: str | None = argument(
         None,
-        "compare the runs of an MLflow experiment or a Hydra sweep folder instead (broadclass.tracking.compare); "
+        "compare the runs of an MLflow experiment or a Hydra sweep folder instead (python -m broadclass.compare); "
         "with a run: two runs on the same utterances, with paired tests",
     )
     tracking_uri: str | None = argument(None, "default: $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db")
     out: Path | None = argument(
-        None, "the card's file (default: stdout); with compare, see broadclass.tracking.compare"
+        None, "the card's file (default: stdout); with compare, see python -m broadclass.compare"
     )
     over: list[str] = argument([], "with compare: an override key to aggregate over too; repeat for more")
 
@@ -101,11 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error browser of both runs (where they disagree) written to {written}", file=sys.stderr)
         return 0
     if args.compare is not None:
-        # Imported here: the comparison is its own module and pulls in what only it (pandas) needs. It
-        # finds its own default store (the mlflow.db above a sweep folder), so tracking_uri may be None.
-        from broadclass.tracking import compare
+        # Imported here: the comparison pulls in what only it needs (pandas). It finds its own default store
+        # (the mlflow.db above a sweep folder), so tracking_uri may be None.
+        from broadclass.compare import CompareArguments, print_comparison
 
-        return compare.main(compare.CompareArguments(args.compare, args.tracking_uri, args.out, args.over))
+        return print_comparison(CompareArguments(args.compare, args.tracking_uri, args.out, args.over))
     try:
         client = open_store(args.tracking_uri or default_tracking_uri())
         run = find_run(client, args.run)

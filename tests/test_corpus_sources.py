@@ -129,8 +129,8 @@ def test_columns_named_by_the_user_give_the_sets_of_the_standard_layout(table, t
     ]
     write_csv(tmp_path / "standard.csv", standard)
     main(
-        [str(tmp_path / "lab.csv"), "--out", str(tmp_path / "lab"), "--sets", "2"]
-        + ["--columns", "audio=path,phones=transcript,category=emotion,speaker=spk"],
+        [str(tmp_path / "lab.csv"), f"out={tmp_path / 'lab'}", "sets=2"]
+        + ["columns=audio=path,phones=transcript,category=emotion,speaker=spk"],
         print_fn=lambda _: None,
     )
     prepare_sets(tmp_path / "standard.csv", tmp_path / "standard", n_sets=2)
@@ -156,7 +156,7 @@ def test_an_unknown_layout_is_one_error_listing_the_columns_found(table, tmp_pat
     assert len(raised.value.problems) == 1  # not one per row
     message = raised.value.problems[0]
     assert "no column for phones, category." in message
-    assert "Columns found: path, transcript, emotion, spk" in message and "--columns phones=<column>" in message
+    assert "Columns found: path, transcript, emotion, spk" in message and "columns=phones=<column>" in message
     # A column the user names must exist; an unknown field name is refused.
     with pytest.raises(CorpusError, match="has no column 'wav_path'"):
         prepare_sets(tmp_path / "lab.csv", tmp_path / "sets", columns="audio=wav_path,phones=transcript")
@@ -346,7 +346,7 @@ def test_words_espeak_cannot_say_and_unknown_voices_are_reported_by_row(table, t
         f"{tmp_path / 'text.csv'}:6: eSpeak voice en-us cannot say '€'",
         f"{tmp_path / 'text.csv'}:8: no phones",
     ]
-    with pytest.raises(CorpusError, match="--phonemize xx-nowhere: eSpeak voice 'xx-nowhere' could not be set"):
+    with pytest.raises(CorpusError, match="phonemize=xx-nowhere: eSpeak voice 'xx-nowhere' could not be set"):
         prepare_sets(tmp_path / "text.csv", tmp_path / "sets", n_sets=2, phonemize="xx-nowhere")
     assert not (tmp_path / "sets").exists()
 
@@ -414,7 +414,7 @@ def test_data_check_command_lists_every_problem_of_every_manifest_and_exits_1_wi
     train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
     train.write_text("\n".join(BAD_LINES) + "\n", encoding="utf-8")
     validation.write_text('{"audio_filepath": "a.wav"}\n', encoding="utf-8")
-    result = run_module("broadclass.data.check", str(train), str(validation), "data.categories=[{name: male, tag: m}]")
+    result = run_module("broadclass.check", str(train), str(validation), "data.categories=[{name: male, tag: m}]")
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     for line in EXPECTED:
@@ -429,14 +429,12 @@ def test_prepare_command_reports_bad_input_with_status_1_and_keeps_earlier_sets(
     write_csv(tmp_path / "corpus.csv", table)
     columns = "audio=path,phones=transcript,category=emotion,speaker=spk"
     out = tmp_path / "sets"
-    main(
-        [str(tmp_path / "corpus.csv"), "--out", str(out), "--sets", "2", "--columns", columns], print_fn=lambda _: None
-    )
+    main([str(tmp_path / "corpus.csv"), f"out={out}", "sets=2", f"columns={columns}"], print_fn=lambda _: None)
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     table[3]["spk"] = ""
     table[5]["path"] = "wav/missing.wav"
     write_csv(tmp_path / "corpus.csv", table)
-    result = run_module("broadclass.prepare", str(tmp_path / "corpus.csv"), "--out", str(out), "--columns", columns)
+    result = run_module("broadclass.prepare", str(tmp_path / "corpus.csv"), f"out={out}", f"columns={columns}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "corpus.csv:5: missing or empty speaker (column 'spk')" in result.stderr
     assert f"corpus.csv:7: audio file not found: {tmp_path / 'wav' / 'missing.wav'}" in result.stderr
@@ -462,13 +460,10 @@ def test_a_datasets_folder_of_plain_text_is_phonemized_into_sets_the_reference_r
     result = run_module(
         "broadclass.prepare",
         str(tmp_path / "corpus"),
-        "--phonemize",
-        "en-us",
-        "--sets",
-        "5",
-        "--out",
-        str(sets),
-        "--check",
+        "phonemize=en-us",
+        "sets=5",
+        f"out={sets}",
+        "check=true",
     )
     assert result.returncode == 0, result.stderr
     assert "Data check: no problems" in result.stdout

@@ -14,6 +14,7 @@ import yaml
 from hydra.utils import instantiate
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from broadclass.check import main
 from broadclass.data.audio import AudioCache
 from broadclass.data.check import (
     DataCheckError,
@@ -21,7 +22,6 @@ from broadclass.data.check import (
     apply_report,
     check_splits,
     ctc_frames_needed,
-    main,
 )
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest, write_manifest
@@ -238,7 +238,7 @@ def test_command_line_check_exits_1_and_writes_the_json_report(tmp_path, capsys)
     manifests, expected, _ = bad_corpus(tmp_path)
     out = tmp_path / "report.json"
     paths = [str(manifests["train"]), str(manifests["validation"]), f"paths.root_dir={tmp_path}"]
-    status = main([*paths, *BAD_CORPUS, "--json", str(out)])
+    status = main([*paths, *BAD_CORPUS, f"json={out}"])
     assert status == 1
     assert "missing_audio (error, 1 row(s))" in capsys.readouterr().out
     assert set(json.loads(out.read_text())["problems"]) == set(expected.values()) | {"duplicate_id"}
@@ -257,7 +257,7 @@ def test_prepare_check_reports_rows_prepare_itself_accepts(tmp_path, demo_corpus
     rows.append({**rows[0], "id": "silent-one", "audio_filepath": str(tmp_path / "silent.wav")})
     source = write_manifest(tmp_path / "corpus.jsonl", rows)
     with pytest.raises(SystemExit):
-        prepare_main([str(source), "--out", str(tmp_path / "sets"), "--sets", "2", "--check"])
+        prepare_main([str(source), f"out={tmp_path / 'sets'}", "sets=2", "check=true"])
     out = capsys.readouterr().out
     assert "silent_audio (error, 1 row(s))" in out and "(id silent-one)" in out
 

@@ -126,7 +126,7 @@ def test_training_logs_the_best_checkpoints_export_as_the_runs_logged_model(trai
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "vocab.json"} <= logged
     assert {"tokenizer_config.json", "broadclass.json", "README.md"} <= logged
     assert json.loads((local / "broadclass.json").read_text())["source"] == str(trained_run.checkpoint)
-    # The run's model card (broadclass.tracking.model_card), not the short one of a bare checkpoint.
+    # The run's model card (broadclass.tracking.run_card), not the short one of a bare checkpoint.
     assert f"MLflow run `{trained_run.run_id}`" in (local / "README.md").read_text()
 
 
@@ -148,7 +148,7 @@ def test_a_registered_logged_model_loads_by_name_and_version(trained_run, export
 
 def test_export_from_a_run_id_writes_the_logged_model(trained_run, exported, tmp_path):
     out = tmp_path / "from-run"
-    assert export.main([trained_run.run_id, str(out), "--tracking-uri", trained_run.tracking_uri]) == 0
+    assert export.main([trained_run.run_id, str(out), f"tracking_uri={trained_run.tracking_uri}"]) == 0
     again, original = load_file(out / "model.safetensors"), load_file(exported / "model.safetensors")
     assert again.keys() == original.keys() and all(again[k].equal(original[k]) for k in original)
 

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from broadclass.train import train
-from broadclass.training.callbacks import NonFiniteTrainingError
+from broadclass.training.nonfinite_steps import NonFiniteTrainingError
 
 
 class PoisonBatches(pl.Callback):

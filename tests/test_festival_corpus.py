@@ -150,7 +150,7 @@ def test_missing_festival_says_what_to_install(tmp_path, monkeypatch):
 def test_missing_festival_from_the_shell_is_one_message(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path / "empty")}
     result = subprocess.run(
-        [sys.executable, "-m", "broadclass.data.festival", f"root={tmp_path / 'corpus'}"],
+        [sys.executable, "-m", "broadclass.festival_corpus", f"root={tmp_path / 'corpus'}"],
         capture_output=True,
         text=True,
         env=env,

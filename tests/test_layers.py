@@ -8,7 +8,10 @@ hides a dependency from the reader, it does not remove it.
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -178,3 +181,131 @@ def test_the_readme_layout_lists_every_module_where_it_is_and_no_other():
         folder = path.parent.relative_to(PACKAGE).as_posix()
         on_disk.setdefault("" if folder == "." else folder, set()).add(path.name)
     assert _readme_layout() == on_disk
+
+
+# ---- commands: all in the entry layer, each a console script ---------------------------------------------------------
+def _defines_main(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.FunctionDef) and node.name == "main" for node in tree.body)
+
+
+def _runs_as_main(tree: ast.Module) -> bool:
+    """``if __name__ == "__main__":`` at the module's top level."""
+    return any(
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators)
+        for node in tree.body
+    )
+
+
+def command_problems(scripts: dict[str, str]) -> list[str]:
+    """A line for each command outside the entry layer, each entry module with a ``main`` that is no console script
+    or cannot run as ``python -m``, and each console script that is not ``broadclass-<module>`` naming such a main."""
+    problems = []
+    commands = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if layer_of(module) != ENTRY:
+            if _runs_as_main(tree):
+                problems.append(f"{module}: a command below the entry points (move it to broadclass/)")
+            continue
+        if _defines_main(tree):
+            commands.add(module)
+            if not _runs_as_main(tree):
+                problems.append(f"{module}: has a main but does not run as python -m {module}")
+    listed = {}
+    for script, target in scripts.items():
+        module, _, function = target.partition(":")
+        listed[module] = script
+        expected = "broadclass-" + module.removeprefix("broadclass.").replace("_", "-")
+        if module not in commands or function != "main" or script != expected:
+            problems.append(f"[project.scripts] {script} = {target!r}: expected {expected} = '{module}:main'")
+    problems += [f"{module}: a command missing from [project.scripts]" for module in sorted(commands - set(listed))]
+    return problems
+
+
+def project_scripts() -> dict[str, str]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest's own TOML reader
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+
+
+def test_every_command_is_an_entry_point_listed_as_a_console_script():
+    scripts = project_scripts()
+    assert command_problems(scripts) == []
+    assert {"broadclass-train", "broadclass-predict", "broadclass-check", "broadclass-ui"} <= set(scripts)
+
+
+# Each console script as pip writes it (``from M import main; sys.exit(main())``), asked for its --help, all in one
+# process started outside the repository: a Hydra command must find its config as the package broadclass.conf.
+SCRIPTS_HELP = """
+import contextlib, importlib, io, json, sys
+
+answers = {}
+for script, target in json.loads(sys.argv[1]).items():
+    module, function = target.split(":")
+    sys.argv = [script, "--help"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            status = getattr(importlib.import_module(module), function)()
+        except SystemExit as exit_:
+            status = exit_.code
+    answers[script] = [status or 0, out.getvalue()]
+print(json.dumps(answers))
+"""
+
+
+def test_every_console_script_runs_as_pip_installs_it_and_prints_its_help(tmp_path):
+    scripts = project_scripts()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPTS_HELP, json.dumps(scripts)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.splitlines()[-1])
+    assert set(answers) == set(scripts)
+    for script, (status, text) in answers.items():
+        module = scripts[script].split(":")[0]
+        assert status == 0, f"{script}: exit {status}\n{text[-2000:]}"
+        if module in ("broadclass.train", "broadclass.pretrain"):  # Hydra's help, with the composed config
+            assert "powered by Hydra" in text and "== Config ==" in text and "_target_: broadclass." in text, script
+        else:
+            assert text.startswith(f"usage: python -m {module} "), f"{script}: {text[:200]}"
+
+
+def test_the_check_sees_misplaced_and_unlisted_commands(tmp_path, monkeypatch):
+    fake = tmp_path / "broadclass"
+    (fake / "data").mkdir(parents=True)
+    main = 'def main():\n    pass\n\n\nif __name__ == "__main__":\n    main()\n'
+    (fake / "data" / "build.py").write_text(main)  # a command in a library layer
+    (fake / "listed.py").write_text(main)
+    (fake / "unlisted.py").write_text(main)
+    (fake / "no_guard.py").write_text("def main():\n    pass\n")  # a main that python -m would not run
+    (fake / "library.py").write_text("def helper():\n    pass\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    scripts = {
+        "broadclass-listed": "broadclass.listed:main",
+        "broadclass-no-guard": "broadclass.no_guard:main",
+        "broadclass-library": "broadclass.library:main",  # no main there
+        "listed": "broadclass.listed:main",  # not named broadclass-<module>
+    }
+    assert command_problems(scripts) == [
+        "broadclass.data.build: a command below the entry points (move it to broadclass/)",
+        "broadclass.no_guard: has a main but does not run as python -m broadclass.no_guard",
+        "[project.scripts] broadclass-library = 'broadclass.library:main': expected broadclass-library = "
+        "'broadclass.library:main'",
+        "[project.scripts] listed = 'broadclass.listed:main': expected broadclass-listed = 'broadclass.listed:main'",
+        "broadclass.unlisted: a command missing from [project.scripts]",
+    ]

@@ -61,7 +61,7 @@ def test_a_recording_of_one_window_gives_exactly_the_unchunked_output(trained_ru
         whole = module.infer(torch.from_numpy(normalize(wave))[None], torch.ones(1, len(wave), dtype=torch.long))
     assert torch.equal(stitched.logits, whole["logits"].float())
     assert stitched.output_lengths.tolist() == whole["output_lengths"].tolist()
-    # and predict's record of it: whole, as before windows existed, with no windows listed.
+    # and predict's record of it: one pass over the whole file, with no windows listed.
     trained = load_model(trained_run.checkpoint)
     utterance = [predict.Utterance("u", path, path)]
     duration = read_header(path).duration  # what predict reads (the demo's files are 22.05 kHz)

@@ -16,7 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import requests
 
-from broadclass.tracking import spool as spool_upload
+from broadclass import send_spool
 from broadclass.tracking.store import TrackingServerRefused
 from broadclass.train import train
 from tests.conftest import demo_overrides
@@ -161,7 +161,7 @@ def test_writes_the_server_refuses_mid_run_are_kept_in_the_spool_with_the_reason
     assert not any(secret in (spool / "journal.jsonl").read_text() for secret in secrets_of(CAROL))
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PasswordChange.new_password)
-    assert spool_upload.main([str(spool)]) == 0  # sent with the credentials the server accepts now
+    assert send_spool.main([str(spool)]) == 0  # sent with the credentials the server accepts now
     run_id = json.loads((Path(cfg.paths.output_dir) / "mlflow_run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(server.uri)
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -21,6 +21,7 @@ import requests
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
+from broadclass import send_spool
 from broadclass.tracking import spool as spool_upload
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.store import PROBE_TIMEOUT_S, TrackingServerUnreachable, server_reachable
@@ -190,7 +191,7 @@ def test_a_server_that_goes_away_loses_no_metric_step(server, train_config, monk
     assert (spool / "journal.jsonl").is_file()  # down at the end: what is left stays on disk
 
     server.start()
-    assert spool_upload.main([str(spool)]) == 0
+    assert send_spool.main([str(spool)]) == 0
     assert not (spool / "journal.jsonl").exists()
     client, run = run_in(cfg, server.uri)
     assert run.info.status == "FINISHED"

@@ -114,7 +114,7 @@ def test_the_ui_shows_readable_runs_swept_params_categories_images_datasets_and_
     assert differing == {"model/lr"}
 
     # The runs table: names from the swept value, each run's datasets with their digests, its logged model.
-    # The link `make ui` prints (broadclass.tracking.ui), rendered: it is the experiment's runs table.
+    # The link `make ui` prints (python -m broadclass.ui), rendered: it is the experiment's runs table.
     runs_page = printed_runs_page(server.uri, experiment.experiment_id)
     text = chromium(runs_page)
     assert "Training runs" in text

@@ -139,7 +139,7 @@ def test_csv_manifest_gives_the_same_sets_as_jsonl(corpus, tmp_path):
 
 def test_summary_is_printed_and_written_beside_the_manifests(corpus, tmp_path):
     printed: list[str] = []
-    main([str(corpus), "--out", str(tmp_path / "sets"), "--sets", "2"], print_fn=printed.append)
+    main([str(corpus), f"out={tmp_path / 'sets'}", "sets=2"], print_fn=printed.append)
     summary = json.loads((tmp_path / "sets" / "set1" / "summary.json").read_text())
     rows = read_manifest(tmp_path / "sets" / "set1" / "validation.jsonl")
     assert summary["validation"]["utterances"] == len(rows)
@@ -153,7 +153,7 @@ def test_summary_is_printed_and_written_beside_the_manifests(corpus, tmp_path):
 
 
 def test_progress_of_the_audio_headers_and_the_sets_is_shown_on_stderr(corpus, tmp_path, capsys):
-    main([str(corpus), "--out", str(tmp_path / "sets"), "--sets", "2"], print_fn=lambda line: None)
+    main([str(corpus), f"out={tmp_path / 'sets'}", "sets=2"], print_fn=lambda line: None)
     err = capsys.readouterr().err
     assert "reading audio headers" in err and "writing sets" in err
 

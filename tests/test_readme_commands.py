@@ -134,7 +134,7 @@ PLACEHOLDER_FILES: dict[str, Callable[[Path], str]] = {
     "<folder of audio files>": a_folder_of_audio,
     "<dir>": lambda root: str(root / "out"),
 }
-RUN_FOR_REAL = {"broadclass.data.check", "broadclass.prepare"}
+RUN_FOR_REAL = {"broadclass.check", "broadclass.prepare"}
 
 
 def real_arguments(command: Command, root: Path) -> list[str] | None:
@@ -217,7 +217,7 @@ def test_every_make_target_the_readme_names_exists():
 def test_every_python_command_the_readme_names_composes_runs_or_prints_its_help(tmp_path):
     commands = python_commands(README)
     modules = {command.module for command in commands}
-    assert {"broadclass.train", "broadclass.prepare", "broadclass.data.check", "broadclass.predict"} <= modules
+    assert {"broadclass.train", "broadclass.prepare", "broadclass.check", "broadclass.predict"} <= modules
     how = {str(c): invocation(c, tmp_path / "probe")[1] for c in commands if module_file(c.module)}
     assert "compose" in how.values() and "run" in how.values() and "help" in how.values()
     assert command_problems(commands, tmp_path) == []
@@ -232,7 +232,7 @@ python -m broadclass.train -m +experiment=demo \\
     model.lr=1e-3,2e-3 data.train_manifest=<train.jsonl>   # a sweep
 ```
 Inline: `make lint`, `python -m broadclass.report compare=<run A> <run B>` and
-`python -m broadclass.data.check <manifest> …`; `make` alone names no target.
+`python -m broadclass.check <manifest> …`; `make` alone names no target.
 """
 
 
@@ -245,7 +245,7 @@ def test_the_parser_finds_every_command_and_the_checks_fail_on_ones_that_do_not_
             "broadclass.train", ("-m", "+experiment=demo", "model.lr=1e-3,2e-3", "data.train_manifest=<train.jsonl>")
         ),
         Command("broadclass.report", ("compare=<run A>", "<run B>")),
-        Command("broadclass.data.check", ("<manifest>", "…")),
+        Command("broadclass.check", ("<manifest>", "…")),
     ]
     assert missing_make_targets(["demo", "lint"]) == []
     (problem,) = missing_make_targets(["no-such-target"])

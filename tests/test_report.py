@@ -39,7 +39,7 @@ def run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> tuple[DictConfig, Mlf
 
 def card_of(ref: str, uri: str, tmp_path: Path) -> str:
     out = tmp_path / "card.md"
-    assert main([ref, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert main([ref, f"tracking_uri={uri}", f"out={out}"]) == 0
     return out.read_text(encoding="utf-8")
 
 
@@ -113,19 +113,22 @@ def test_card_lists_the_hyperparameters_and_the_category_names(run, tmp_path):
     assert "It achieves the following results on the test evaluation" in card
 
 
-def test_card_of_a_run_logged_before_the_renames_reads_the_old_keys(run, tmp_path):
-    # model.primary_rule was model.decision_rule, data.manifests_from was data.prepare: older runs logged those.
+def test_card_names_the_rule_and_what_built_the_manifests_from_the_logged_config(run, tmp_path):
+    # The card reads the run's logged config: another rule and another data.manifests_from show on it.
     _, client, run_id = run
     config = yaml.safe_load(Path(client.download_artifacts(run_id, "config/config.yaml", str(tmp_path))).read_text())
-    config["model"]["decision_rule"] = "vote"
-    assert config["model"].pop("primary_rule") == "posterior"
-    config["data"].pop("manifests_from")
-    config["data"]["prepare"] = {"_target_": "broadclass.data.sets.locate_set", "set_dir": "sets", "set_name": "set2"}
-    experiment = client.create_experiment("before-the-renames", artifact_location=(tmp_path / "artifacts").as_uri())
-    older = client.create_run(experiment, run_name="before-the-renames").info.run_id
-    client.log_text(older, yaml.safe_dump(config), "config/config.yaml")
-    client.set_terminated(older)
-    card = card_of(older, client.tracking_uri, tmp_path)
+    assert config["model"]["primary_rule"] == "posterior"
+    config["model"]["primary_rule"] = "vote"
+    config["data"]["manifests_from"] = {
+        "_target_": "broadclass.data.sets.locate_set",
+        "set_dir": "sets",
+        "set_name": "set2",
+    }
+    experiment = client.create_experiment("set-two", artifact_location=(tmp_path / "artifacts").as_uri())
+    other = client.create_run(experiment, run_name="set-two").info.run_id
+    client.log_text(other, yaml.safe_dump(config), "config/config.yaml")
+    client.set_terminated(other)
+    card = card_of(other, client.tracking_uri, tmp_path)
     assert "- primary_rule: vote" in card.splitlines()
     assert "by the primary decision rule `vote`." in card
     assert "- Built by `broadclass.data.sets.locate_set` (set_dir=sets, set_name=set2)" in card.splitlines()
@@ -152,7 +155,7 @@ def test_run_is_found_by_its_name(run, tmp_path):
 
 def test_unknown_run_is_an_error_naming_the_store(run, capsys):
     cfg, client, run_id = run
-    assert main(["no-such-run", "--tracking-uri", client.tracking_uri]) == 2
+    assert main(["no-such-run", f"tracking_uri={client.tracking_uri}"]) == 2
     assert f"no run with id or name 'no-such-run' in {client.tracking_uri}" in capsys.readouterr().err
 
 
@@ -160,7 +163,7 @@ def test_ambiguous_run_name_lists_the_matching_run_ids(run, capsys):
     cfg, client, run_id = run
     experiment = client.get_run(run_id).info.experiment_id
     twins = [client.create_run(experiment, run_name="twin").info.run_id for _ in range(2)]
-    assert main(["twin", "--tracking-uri", client.tracking_uri]) == 2
+    assert main(["twin", f"tracking_uri={client.tracking_uri}"]) == 2
     err = capsys.readouterr().err
     assert "2 runs are named 'twin'" in err
     assert all(twin in err for twin in twins)
@@ -168,7 +171,7 @@ def test_ambiguous_run_name_lists_the_matching_run_ids(run, capsys):
 
 def test_missing_sqlite_store_is_an_error_not_a_new_empty_store(tmp_path, capsys):
     store = tmp_path / "nowhere.db"
-    assert main(["some-run", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    assert main(["some-run", f"tracking_uri=sqlite:///{store}"]) == 2
     assert f"no MLflow store at {store}" in capsys.readouterr().err
     assert not store.exists()
 
@@ -222,7 +225,7 @@ def test_compare_two_runs_gives_the_paired_tests_of_scipy_and_jiwer(run, tmp_pat
 
     copy_of_the_test_with_other_predictions(client, run_id, tmp_path, "run-b", better)
     out = tmp_path / "paired.md"
-    assert main(["--compare", run_id, "run-b", "--tracking-uri", client.tracking_uri, "--out", str(out)]) == 0
+    assert main([f"compare={run_id}", "run-b", f"tracking_uri={client.tracking_uri}", f"out={out}"]) == 0
     text = out.read_text(encoding="utf-8")
     assert f"## {name} vs run-b" in text
     only_a, only_b = len(spoilt), right.count(False)
@@ -239,10 +242,10 @@ def test_compare_two_runs_gives_the_paired_tests_of_scipy_and_jiwer(run, tmp_pat
     assert f"TER({name}) − TER(run-b) = +{ter:.4f}" in text
     assert re.search(r"\| ter \| [0-9.]+ \| [^|]+ \| 0\.0000 \|", text)  # B's TER in the table
     # Against itself, nothing tells the runs apart.
-    assert main(["--compare", run_id, name, "--tracking-uri", client.tracking_uri, "--out", str(out)]) == 0
+    assert main([f"compare={run_id}", name, f"tracking_uri={client.tracking_uri}", f"out={out}"]) == 0
     text = out.read_text(encoding="utf-8")
     assert "alone right 0" in text and "p = 1 " in text and "= +0.0000" in text
-    assert main(["--compare", run_id, "no-such-run", "--tracking-uri", client.tracking_uri]) == 2
+    assert main([f"compare={run_id}", "no-such-run", f"tracking_uri={client.tracking_uri}"]) == 2
     assert "no run with id or name 'no-such-run'" in capsys.readouterr().err
 
 
@@ -286,7 +289,7 @@ def test_compare_two_runs_writes_both_runs_error_browser_opened_where_they_disag
 def test_card_of_a_run_by_seconds_names_the_seconds_not_the_unused_row_count(tmp_path):
     from omegaconf import OmegaConf
 
-    from broadclass.tracking.model_card import RunRecord, _hyperparameters
+    from broadclass.tracking.run_card import RunRecord, _hyperparameters
     from tests.conftest import compose_config
 
     overrides = ["+experiment=demo", "data.batch_seconds=60", "data.batch_quadratic_duration=20"]

@@ -20,7 +20,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel
 
 from broadclass.data.datamodule import LengthBucketBatchSampler
 from broadclass.train import train
-from broadclass.training.callbacks import BestAndLastCheckpoint
+from broadclass.training.resumable_state import BestAndLastCheckpoint
 from broadclass.training.resume import FINISHED_FILE, find_resume_point, run_dir
 from tests.conftest import TEST_MODEL
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow.entities import Param, Run, RunData, RunInfo
 
+from broadclass.compare import CompareArguments, print_comparison
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.data.sets import prepare_sets
 from broadclass.tracking import compare
@@ -119,8 +120,8 @@ def test_every_job_of_a_parallel_sweep_is_one_mlflow_run_tagged_with_the_sweep(s
 
 def test_compare_aggregates_the_sets_into_mean_and_std(set_sweep, tmp_path, capsys):
     root, sweep = set_sweep
-    args = compare.CompareArguments(compare=str(sweep), tracking_uri=None, out=tmp_path / "cmp")
-    assert compare.main(args) == 0
+    args = CompareArguments(compare=str(sweep), tracking_uri=None, out=tmp_path / "cmp")
+    assert print_comparison(args) == 0
     runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
     aggregate = pd.read_csv(tmp_path / "cmp" / "aggregate.csv")
     assert list(runs["set"]) == ["set1", "set2"] and list(runs["+experiment"]) == ["onSet1", "onSet2"]
@@ -143,8 +144,8 @@ def test_compare_by_experiment_name_or_sweep_id_finds_the_same_runs(set_sweep, t
 
 def test_compare_of_nothing_names_what_it_looked_for_and_the_experiments(set_sweep, tmp_path, capsys):
     root, _ = set_sweep
-    args = compare.CompareArguments(compare="no-such-run", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out=tmp_path)
-    assert compare.main(args) == 2
+    args = CompareArguments(compare="no-such-run", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out=tmp_path)
+    assert print_comparison(args) == 2
     error = capsys.readouterr().err
     assert "no runs found for 'no-such-run'" in error and "experiments there: Default, seed-recipe" in error
 
@@ -158,14 +159,14 @@ def test_overrides_with_spaces_in_values_are_parsed_whole():
     }
 
 
-def test_runs_logged_before_data_prepare_was_renamed_manifests_from_keep_their_set():
-    # Older runs logged the set under the old key; compare still reads it and groups the sets together.
+def test_a_runs_set_is_its_logged_set_name_and_runs_on_other_sets_group_together():
     info = RunInfo("run", "0", "user", "FINISHED", 0, 1, "active")
-    for param in ("data/manifests_from/set_name", "data/prepare/set_name"):
-        assert compare.set_of(Run(info, RunData(params=[Param(param, "set2")]))) == "set2"
-    old = compare.group_key({"+experiment": "onSet2", "data.prepare.set_name": "set2", "model.lr": "0.1"})
-    new = compare.group_key({"+experiment": "onSet1", "data.manifests_from.set_name": "set1", "model.lr": "0.1"})
-    assert old == new == "+experiment=onSet* model.lr=0.1"
+    assert compare.set_of(Run(info, RunData(params=[Param("data/manifests_from/set_name", "set2")]))) == "set2"
+    assert compare.set_of(Run(info, RunData(params=[Param("model/lr", "0.1")]))) is None
+    two = compare.group_key({"+experiment": "onSet2", "data.manifests_from.set_name": "set2", "model.lr": "0.1"})
+    one = compare.group_key({"+experiment": "onSet1", "data.manifests_from.set_name": "set1", "model.lr": "0.1"})
+    other = compare.group_key({"+experiment": "onSet1", "data.manifests_from.set_name": "set1", "model.lr": "0.2"})
+    assert one == two == "+experiment=onSet* model.lr=0.1" != other
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])

@@ -1,4 +1,4 @@
-"""``python -m broadclass.tracking.ui`` (make ui): the printed links are the store's experiments' runs pages."""
+"""``python -m broadclass.ui`` (make ui): the printed links are the store's experiments' runs pages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from mlflow import MlflowClient
 
-from broadclass.tracking import ui
+from broadclass import ui
 
 
 def test_the_printed_links_are_the_runs_pages_of_the_experiments_with_runs(tmp_path, empty_mlflow_db, capsys):

@@ -11,25 +11,20 @@ Audio is opened by its header first (:func:`broadclass.data.audio.read_header`: 
 too long), then decoded through the datamodule's :class:`AudioCache` (silent, non-finite, too short): the
 decoded 16 kHz waveform lands in the cache, so the first epoch reads it from there instead of decoding again.
 
-``python -m broadclass.data.check [MANIFEST ...] [OVERRIDE ...]`` checks from the shell (exit status 1
-when any row has a problem); see :func:`main`.
+``python -m broadclass.check [MANIFEST ...] [OVERRIDE ...]`` checks from the shell (:mod:`broadclass.check`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from broadclass.config import argument, extra_overrides, parse_arguments
 from broadclass.data.audio import AudioCache, AudioError, read_header
 from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import REQUIRED_FIELDS, UNLABELED_FIELDS, parse_manifest
@@ -302,76 +297,3 @@ def apply_report(splits: Mapping[str, Sequence[dict]], report: DataReport, on_er
     if emptied:
         raise DataCheckError(report, f"data.on_error=skip leaves no rows in: {', '.join(emptied)}.")
     return kept
-
-
-# ---- command line -------------------------------------------------------------------------------
-def _compose(overrides: Sequence[str]):
-    from hydra import compose, initialize_config_dir
-
-    conf_dir = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
-
-
-def _config_manifests(cfg) -> dict[str, str]:
-    from hydra.utils import instantiate
-
-    manifests = {"train": cfg.data.train_manifest, "validation": cfg.data.val_manifest}
-    manifests["test"] = cfg.data.get("test_manifest")
-    if not manifests["train"] and cfg.data.manifests_from is not None:
-        built = instantiate(cfg.data.manifests_from)()
-        manifests = {split: manifests.get(split) or str(path) for split, path in built.items()}
-    return {split: str(path) for split, path in manifests.items() if path}
-
-
-@dataclass
-class CheckArguments:
-    manifests: list[str] = argument([], "manifest paths; a manifest's split is its file stem", positional=True)
-    overrides: list[str] = extra_overrides("Hydra overrides of the training config (data.max_duration=null …)")
-    json: Path | None = argument(None, "also write the report as JSON")
-    labels: str | None = argument(None, "label config: a name in conf/labels/ or a YAML file (default: the config's)")
-    unlabeled: bool = argument(
-        False,
-        "check as unlabeled audio (self-supervised pretraining): rows need only audio_filepath (duration from the "
-        "header when missing); the audio checks run, the label checks (phones, category) do not",
-    )
-
-
-def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
-    about = (
-        "Check manifests as training would, and report every problem row by kind. Without manifests, the "
-        "config's own are checked (made by data.manifests_from where they are unset)."
-    )
-    args = parse_arguments(CheckArguments, argv, "python -m broadclass.data.check", about)
-    overrides = list(args.overrides)
-    manifests = {Path(item).stem: item for item in args.manifests}
-    from_file = args.labels is not None and args.labels.endswith((".yaml", ".yml"))
-    if args.labels is not None and not from_file:
-        overrides.append(f"labels={args.labels}")
-    cfg = _compose(overrides)
-    labels = None
-    if not args.unlabeled:
-        label_config = OmegaConf.load(args.labels) if from_file else cfg.data.labels
-        labels = LabelMap.from_config(label_config, cfg.data.categories)
-    conv = cfg.model.get("config") or {}
-    encoder = (
-        EncoderGeometry(tuple(conv.conv_kernel), tuple(conv.conv_stride))
-        if "conv_kernel" in conv and "conv_stride" in conv
-        else EncoderGeometry()
-    )
-    _, report = check_manifests(
-        manifests or _config_manifests(cfg),
-        labels,
-        AudioCache(cfg.data.get("cache_dir"), cfg.data.sample_rate),
-        encoder,
-        allow_speaker_overlap=bool(cfg.data.get("allow_speaker_overlap", False)),
-        max_duration=cfg.data.get("max_duration"),
-    )
-    print_fn(report.format())
-    if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

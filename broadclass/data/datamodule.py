@@ -370,7 +370,7 @@ class BroadClassDataModule(pl.LightningDataModule):
 
     def _checked(self, manifests: dict[str, str]) -> dict[str, list[dict]]:
         """Every line and row of the manifests checked before any training (broadclass.data.check), all in one
-        report. It stays in ``check_report`` (broadclass.tracking.callbacks.DataCheckLog puts it on the MLflow
+        report. It stays in ``check_report`` (broadclass.tracking.datasets.DataCheckLog puts it on the MLflow
         run)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         net = getattr(module, "net", None)

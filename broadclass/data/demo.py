@@ -18,7 +18,7 @@ touching a file; other arguments rebuild the same folder from scratch. Builds of
 arguments are byte-identical, anywhere. Not safe to run twice at once on one root (build it from one
 process, e.g. Lightning's ``prepare_data``).
 
-``python -m broadclass.data.demo --root data/demo --categories voice`` builds one from the shell.
+``python -m broadclass.demo_corpus root=data/demo categories=voice`` builds one from the shell.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import random
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -38,7 +37,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from broadclass.config import argument, parse_arguments
 from broadclass.data.espeak import ESpeak
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest, write_text_atomic
 
@@ -297,47 +295,3 @@ def _build_corpus(
     _render_in_fresh_process(plan, corpus_dir)
     write_manifest(corpus_dir / "corpus.json", [spec])  # atomic; one JSON line
     return manifests
-
-
-def category_counts(manifests: dict[str, Path]) -> dict[str, Counter]:
-    """Utterances per category in each split's manifest."""
-    return {split: Counter(row["category"] for row in read_manifest(path)) for split, path in manifests.items()}
-
-
-def _format_table(counts: dict[str, Counter], names: Sequence[str]) -> str:
-    header = ["split", *names, "total"]
-    body = [[split, *(str(c[name]) for name in names), str(sum(c.values()))] for split, c in counts.items()]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *body]
-    )
-
-
-@dataclass
-class DemoArguments:
-    root: Path = argument(Path("data/demo"), "folder for <categories>/ corpora")
-    categories: str = argument("voice", "what the categories are", choices=sorted(CATEGORY_SETS))
-    n_train: int = argument(3200, "training utterances")
-    n_val: int = argument(100, "validation utterances")
-    seed: int = argument(0, "seed of the words, voices and variants")
-    min_words: int = argument(3, "fewest words in an utterance")
-    max_words: int = argument(6, "most words in an utterance")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    about = "Build the eSpeak demo corpus (reused if already built)."
-    args = parse_arguments(DemoArguments, argv, "python -m broadclass.data.demo", about)
-    manifests = build_demo_corpus(
-        args.root, args.categories, args.n_train, args.n_val, args.seed, args.min_words, args.max_words
-    )
-    for split, path in manifests.items():
-        print(f"{split}: {path}")
-    print()
-    print(_format_table(category_counts(manifests), [c.name for c in CATEGORY_SETS[args.categories]]))
-
-
-if __name__ == "__main__":
-    main()

@@ -37,7 +37,7 @@ arguments rebuild the folder from scratch. The Festival version is recorded in `
 not trigger a rebuild. Builds of the same arguments are byte-identical, anywhere, whatever ``jobs``.
 Not safe to run twice at once on one root.
 
-``python -m broadclass.data.festival root=data/festival`` builds one from the shell (about 50 s for the
+``python -m broadclass.festival_corpus root=data/festival`` builds one from the shell (about 50 s for the
 default 1,100 utterances on 2 busy cores).
 """
 
@@ -51,7 +51,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +59,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from broadclass.config import argument, parse_arguments
-from broadclass.data.demo import WORDS_FILE, _format_table, draw_new_sentence, load_words
+from broadclass.data.demo import WORDS_FILE, draw_new_sentence, load_words
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
 
 # Bump when a change to this module changes what a build writes, so old corpora are rebuilt.
@@ -133,7 +131,7 @@ class FestivalNotFoundError(SystemExit):
     """Festival or one of its voices is not installed; the message says what to install.
 
     A ``SystemExit`` (status 1), so that the training command, which meets it in ``prepare_data``, and
-    ``python -m broadclass.data.festival`` end with this message alone, no traceback. Catch it by name.
+    ``python -m broadclass.festival_corpus`` end with this message alone, no traceback. Catch it by name.
     """
 
     def __init__(self, message: str):
@@ -473,35 +471,3 @@ def build_festival_corpus(
     _render(plan, corpus_dir, jobs)
     write_manifest(corpus_dir / "corpus.json", [{**spec, "festival": festival_version(festival)}])
     return manifests
-
-
-def category_counts(manifests: dict[str, Path]) -> dict[str, Counter]:
-    """Utterances per category in each split's manifest."""
-    return {split: Counter(row["category"] for row in read_manifest(path)) for split, path in manifests.items()}
-
-
-@dataclass
-class FestivalArguments:
-    root: Path = argument(Path("data/festival"), "folder of the corpus")
-    n_train: int = argument(900, "training utterances")
-    n_val: int = argument(100, "validation utterances")
-    n_test: int = argument(100, "test utterances")
-    seed: int = argument(0, "seed of the sentences and speakers")
-    min_words: int = argument(3, "fewest words in an utterance")
-    max_words: int = argument(6, "most words in an utterance")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    about = "Build the Festival corpus (reused if already built). Needs: " + INSTALL_HINT
-    args = parse_arguments(FestivalArguments, argv, "python -m broadclass.data.festival", about)
-    manifests = build_festival_corpus(
-        args.root, args.n_train, args.n_val, args.n_test, args.seed, args.min_words, args.max_words
-    )
-    for split, path in manifests.items():
-        print(f"{split}: {path}")
-    print()
-    print(_format_table(category_counts(manifests), [voice.name for voice in VOICES]))
-
-
-if __name__ == "__main__":
-    main()

@@ -85,14 +85,14 @@ def load_splits(source: str | Path) -> dict[str, object]:
 
 
 def kept_split_names(splits: Sequence[str], where: str) -> dict[str, str]:
-    """The dataset's split → our split (train, validation, test) for ``--keep-splits``."""
+    """The dataset's split → our split (train, validation, test) for ``keep_splits=true``."""
     ours = {}
     problems = []
     for split in splits:
         name = next((our for our, aliases in SPLIT_NAMES.items() if split.lower() in aliases), None)
         if name is None or name in ours.values():
             accepted = "; ".join(f"{our}: {', '.join(aliases)}" for our, aliases in SPLIT_NAMES.items())
-            problems.append(f"{where}: --keep-splits cannot place split {split!r} (one of each: {accepted})")
+            problems.append(f"{where}: keep_splits=true cannot place split {split!r} (one of each: {accepted})")
         else:
             ours[split] = name
     for needed in ("train", "validation"):

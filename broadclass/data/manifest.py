@@ -16,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,3 +168,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def corpus_summary(manifests: Mapping[str, str | Path], names: Sequence[str]) -> str:
+    """Each split's manifest, then a plain-text table of its utterances per category (in ``names``' order)."""
+    counts = {split: Counter(row["category"] for row in read_manifest(path)) for split, path in manifests.items()}
+    header = ["split", *names, "total"]
+    body = [[split, *(str(c[name]) for name in names), str(sum(c.values()))] for split, c in counts.items()]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    table = (
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *body]
+    )
+    return "\n".join([*(f"{split}: {path}" for split, path in manifests.items()), "", *table])

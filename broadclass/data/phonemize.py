@@ -1,4 +1,4 @@
-"""Phones from orthographic text with eSpeak NG (``prepare --phonemize <voice>``).
+"""Phones from orthographic text with eSpeak NG (``prepare phonemize=<voice>``).
 
 The whole text of a row goes to eSpeak at once, so words are said in context (eSpeak may join short
 words, ``in the`` → one word; its words are kept as it makes them). Phone units are separated by
@@ -38,7 +38,7 @@ class Phonemizer:
             self._espeak = ESpeak()
             self._espeak.phonemes("a", self.voice)  # sets the voice: an unknown one fails here
         except ESpeakError as err:
-            raise CorpusError(f"--phonemize {self.voice}: {err}") from None
+            raise CorpusError(f"phonemize={self.voice}: {err}") from None
 
     @property
     def version(self) -> str:

@@ -1,7 +1,7 @@
 """Corpus rows from tabular sources (CSV, JSONL), with the user's column names; the speaker → category map.
 
 A corpus row, as the set-making of :mod:`broadclass.data.sets` works on it, has the fields of :data:`FIELDS`.
-Each field comes from a column: the one the user names (``--columns audio=path,phones=transcript``), else
+Each field comes from a column: the one the user names (``columns=audio=path,phones=transcript``), else
 the first of the field's :data:`COMMON_NAMES` the source has. A required field with no column is one error
 that lists the columns found, never one error per row.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from broadclass.data.manifest import jsonl_lines, listed
 
-# Corpus fields and the column names recognised for each without --columns, most specific first.
+# Corpus fields and the column names recognised for each without columns=, most specific first.
 COMMON_NAMES: dict[str, tuple[str, ...]] = {
     "audio": ("audio_filepath", "audio", "path", "file", "wav", "audio_path", "file_path", "filename"),
     "phones": ("phones", "phonemes", "phonetic"),
@@ -74,12 +74,12 @@ def parse_columns(spec: str | None) -> dict[str, str]:
             continue
         name, sep, column = (part.strip() for part in item.partition("="))
         if not sep or not column:
-            problems.append(f"--columns: {item.strip()!r} is not FIELD=COLUMN")
+            problems.append(f"columns=: {item.strip()!r} is not FIELD=COLUMN")
         elif name not in COMMON_NAMES:
-            problems.append(f"--columns: unknown field {name!r} (fields: {', '.join(FIELDS)})")
+            problems.append(f"columns=: unknown field {name!r} (fields: {', '.join(FIELDS)})")
         else:
             chosen[name] = column
-    raise_listed(problems, "problem(s) in --columns")
+    raise_listed(problems, "problem(s) in columns=")
     return chosen
 
 
@@ -100,7 +100,7 @@ def resolve_columns(
         if column in found:
             columns[name] = column
         else:
-            problems.append(f"--columns {name}={column}: {where} has no column {column!r}")
+            problems.append(f"columns={name}={column}: {where} has no column {column!r}")
     for name in FIELDS:  # a column the user chose for one field is never taken for another
         if name in chosen:
             continue
@@ -114,7 +114,7 @@ def resolve_columns(
         example = ",".join(f"{name}=<column>" for name in missing)
         problems.append(
             f"{where}: no column for {', '.join(missing)}. Columns found: {', '.join(map(str, found)) or 'none'}. "
-            f"Name them with --columns {example} (recognised without it: {names})"
+            f"Name them with columns={example} (recognised without it: {names})"
         )
     if problems:
         raise CorpusError(problems, f"problem(s) with the columns of {where}")
@@ -213,7 +213,7 @@ def read_table_source(
     """Rows of a CSV/JSONL corpus (audio paths absolute, ``_source`` = ``file:line`` on each), and a
     problem for every line that cannot be one. A layout with no column for a field raises.
 
-    ``text_for_phones``: the phones will come from the text column (``--phonemize``), so it is the
+    ``text_for_phones``: the phones will come from the text column (``phonemize=``), so it is the
     text, not a phones column, that every row needs."""
     path = Path(path)
     if not path.is_file():

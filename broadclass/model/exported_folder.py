@@ -26,7 +26,7 @@ from typing import Any
 from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2PhonemeCTCTokenizer
 
 from broadclass.data.labels import BLANK, LabelMap
-from broadclass.model.card import checkpoint_card
+from broadclass.model.card_sections import checkpoint_card
 from broadclass.model.format import METADATA_FILE
 from broadclass.model.module import TrainedModel
 

@@ -1,6 +1,7 @@
 """Compare runs side by side, and aggregate them over sets (mean ± std): the number a paper reports.
 
-``python -m broadclass.report compare=TARGET`` (or ``python -m broadclass.tracking.compare TARGET``).
+``python -m broadclass.compare TARGET`` (:mod:`broadclass.compare`; ``python -m broadclass.report compare=TARGET``
+is the same).
 TARGET is a sweep folder (``outputs/<experiment>/multiruns/<time>``: the runs tagged ``sweep/dir`` with
 it), an MLflow experiment name (all its runs), or a sweep id (the runs tagged ``sweep/id``, the sweep
 folder's name). The tracking store is ``tracking_uri=``, else ``MLFLOW_TRACKING_URI``, else the
@@ -23,23 +24,21 @@ from __future__ import annotations
 import math
 import re
 import statistics
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from broadclass.config import argument, parse_arguments, project_root
+from broadclass.config import project_root
 from broadclass.metrics.markdown import markdown_table
 from broadclass.tracking.store import default_tracking_uri
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")
 REPORTED = ("val/accuracy", "val/wer", "val/ter")
-# The set's key; runs configured before data.prepare was renamed data.manifests_from have the old one.
-SET_KEYS = ("data.manifests_from.set_name", "data.prepare.set_name")
+# The config key naming a run's set (data=onset): runs that differ only in it are one configuration.
+SET_KEY = "data.manifests_from.set_name"
 SET_EXPERIMENT = re.compile(r"^(onSet)\d+$")
 # An override starts where a ``key=`` follows whitespace: values may hold spaces (``[{name: a, tag: a}]``).
 OVERRIDE_START = re.compile(r"\s+(?=[+~]{0,2}[A-Za-z_][\w.@/-]*=)")
@@ -107,16 +106,12 @@ def parse_overrides(text: str) -> dict[str, str]:
 
 
 def set_of(run: Run) -> str | None:
-    for key in SET_KEYS:
-        value = run.data.params.get(key.replace(".", "/"))  # MLflow params are the config keys with "/"
-        if value is not None:
-            return value
-    return None
+    return run.data.params.get(SET_KEY.replace(".", "/"))  # MLflow params are the config keys with "/"
 
 
 def group_key(overrides: Mapping[str, str], over: Iterable[str] = (), shared: Iterable[str] = ()) -> str:
     """The overrides that identify a configuration across sets: the set, ``over`` and ``shared`` keys removed."""
-    ignored = {*SET_KEYS, *over, *shared}
+    ignored = {SET_KEY, *over, *shared}
     kept = []
     for key, value in sorted(overrides.items()):
         if key in ignored:
@@ -276,38 +271,18 @@ def output_paths(out: Path) -> dict[str, Path]:
     return {"markdown": out / "comparison.md", "runs": out / "runs.csv", "aggregate": out / "aggregate.csv"}
 
 
-@dataclass
-class CompareArguments:
-    compare: str = argument(help="a sweep folder, an MLflow experiment name or a sweep id", positional=True)
-    tracking_uri: str | None = argument(None, "default: $MLFLOW_TRACKING_URI, or the mlflow.db above the sweep")
-    out: Path | None = argument(None, "a folder, or a .md file (CSVs beside it); default: the sweep folder")
-    over: list[str] = argument([], "an override key to aggregate over too (e.g. seed); repeat for more")
+def write_comparison(
+    target: str, tracking_uri: str | None = None, out: Path | None = None, over: Iterable[str] = ()
+) -> tuple[str, list[Path]]:
+    """The comparison of ``target``'s runs (:func:`compare`) written to ``out`` as Markdown and CSV.
 
-
-def main(args: CompareArguments) -> int:
-    """Print the comparison of ``args.compare`` and write it (Markdown and CSV) to ``args.out``.
-
-    ``args.out``: a folder, or a ``.md`` file with the CSVs beside it; default :func:`default_out`.
-    Returns the exit status: 0, or 2 when there is nothing to compare.
+    ``out``: a folder, or a ``.md`` file with the CSVs beside it; default :func:`default_out`. Returns the
+    Markdown and the files written; raises :class:`CompareError` when there is nothing to compare.
     """
-    try:
-        result = compare(args.compare, args.tracking_uri, args.over)
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    paths = output_paths(Path(args.out or default_out(args.compare)))
+    result = compare(target, tracking_uri, over)
+    paths = output_paths(Path(out or default_out(target)))
     paths["markdown"].parent.mkdir(parents=True, exist_ok=True)
     paths["markdown"].write_text(result["markdown"], encoding="utf-8")
     result["runs"].to_csv(paths["runs"], index=False)
     result["aggregate"].to_csv(paths["aggregate"], index=False)
-    print(result["markdown"])
-    print(f"Written: {', '.join(str(p) for p in paths.values())}")
-    return 0
-
-
-def parse_args(argv: Sequence[str] | None = None) -> CompareArguments:
-    return parse_arguments(CompareArguments, argv, "python -m broadclass.tracking.compare", __doc__.split("\n", 1)[0])
-
-
-if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    return result["markdown"], list(paths.values())

@@ -1,4 +1,5 @@
-"""The run's manifests as MLflow dataset inputs: the UI's Datasets column and the run's Datasets section.
+"""The run's data on MLflow: its manifests as dataset inputs (the UI's Datasets column and the run's Datasets
+section), and the data check's report (:class:`DataCheckLog`).
 
 Each manifest is one dataset, named ``<folder>/<file>`` (``voice/train``), with the manifest's path as
 its source, the SHA-256 of the file (first 12 hex digits) as its digest, and a profile of the rows the
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 
+from broadclass.data.check import DataReport
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 if TYPE_CHECKING:
@@ -113,3 +115,29 @@ class LogDatasets(pl.Callback):
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, ("test",))
+
+
+class DataCheckLog(pl.Callback):
+    """The datamodule's data check on the MLflow run: ``data/check_report.json`` and the param
+    ``data/check/rows_with_errors``. Logged after the datamodule's setup, and also when the check stops the run
+    (``on_exception``), so the report of a refused corpus is on the run that refused it."""
+
+    def __init__(self) -> None:
+        self._logged: DataReport | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._log(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        report = getattr(trainer.datamodule, "check_report", None)
+        tracker = mlflow_logger(trainer.loggers)
+        if report is None or tracker is None or report is self._logged:
+            return
+        tracker.experiment.log_text(
+            tracker.run_id, json.dumps(report.to_dict(), ensure_ascii=False, indent=2), "data/check_report.json"
+        )
+        tracker.log_hyperparams({"data/check/rows_with_errors": len(report.bad_sources())})
+        self._logged = report

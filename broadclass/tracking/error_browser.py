@@ -46,7 +46,7 @@ from broadclass.data.labels import WORD_BOUNDARY, LabelMap
 from broadclass.data.manifest import read_manifest
 from broadclass.metrics.alignment import TokenIndex, aligned_positions, alignment_counts, split_token
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.tracking.model_card import RunRecord, evaluation_predictions
+from broadclass.tracking.run_card import RunRecord, evaluation_predictions
 
 ARTIFACT = "error_browser.html"
 # The embedded audio is Opus, which takes 8, 12, 16, 24 or 48 kHz: 16 kHz keeps the speech band the models hear.

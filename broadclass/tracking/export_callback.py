@@ -20,8 +20,8 @@ from broadclass.model.exported_folder import export_model
 from broadclass.model.format import MODEL_TYPE
 from broadclass.model.module import BroadClassModule
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.tracking.model_card import build_card
-from broadclass.training.callbacks import kept_checkpoint
+from broadclass.tracking.run_card import build_card
+from broadclass.training.resumable_state import kept_checkpoint
 
 
 class ExportBestModel(pl.Callback):

@@ -6,7 +6,7 @@ resumed run's repeated steps.
 * **Keep going when the server goes away.** Its client is a :class:`~broadclass.tracking.spool.SpoolingClient`:
   writes the server cannot take are kept on disk in ``spool_dir`` and sent when it answers again, and at
   the end of training (waiting up to ``flush_timeout_s``). What is still left then is sent by the next run
-  of the same command, or by ``python -m broadclass.tracking.spool <spool_dir>``.
+  of the same command, or by ``python -m broadclass.send_spool <spool_dir>``.
 * **No step twice.** A resumed run recomputes the steps between its checkpoint and the crash; a
   metric already logged at that step (in MLflow, or waiting in the spool) is not logged again.
 * **A run name** when none is given: the experiment's name and a short random id
@@ -99,7 +99,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
         if not client.spool.flush(self.flush_timeout_s):
             log.warning(
                 "MLflow server %s still unreachable: %d record(s) kept in %s. They are sent by the next run of "
-                "the same command, or now with: python -m broadclass.tracking.spool %s",
+                "the same command, or at once with: python -m broadclass.send_spool %s",
                 self._tracking_uri,
                 len(client.spool.pending),
                 self.spool_dir,

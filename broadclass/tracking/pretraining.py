@@ -9,7 +9,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from broadclass.model.pretraining import read_provenance, save_encoder
 from broadclass.tracking.mlflow_run import mlflow_logger
-from broadclass.training.callbacks import kept_checkpoint
+from broadclass.training.resumable_state import kept_checkpoint
 
 # The logged model's type in MLflow: an encoder to fine-tune, not a transcriber.
 ENCODER_MODEL_TYPE = "broadclass-pretrained-encoder"

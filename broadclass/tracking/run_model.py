@@ -29,7 +29,7 @@ def model_location(client: Any, uri: str) -> str:
 
 def download_run_model(run: str, destination: str | Path, tracking_uri: str | None = None) -> tuple[str, Path]:
     """The exported model of an MLflow run (given by id or name), or a ``models:/…`` URI: where it came
-    from and its local folder. A run's model is its newest logged model (``model/`` artifact for older runs)."""
+    from and its local folder. A run's model is its newest logged model."""
     # Imported here: MLflow is only needed for a run, and costs seconds to import.
     from mlflow.artifacts import download_artifacts
     from mlflow.entities import LoggedModelStatus

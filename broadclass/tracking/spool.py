@@ -1,14 +1,14 @@
 """MLflow writes kept on disk, in order, while a tracking server cannot be reached, and sent when it answers.
 
 :class:`SpoolingClient` is the ``MlflowClient`` the logger (:mod:`broadclass.tracking.logger`) hands to
-Lightning: every write (metrics, params, tags, artifacts, the final status) goes to the server as before;
+Lightning: every write (metrics, params, tags, artifacts, the final status) goes to the server;
 when one fails because the server cannot be reached, or refuses the user (HTTP 401/403: a password changed or
 a permission revoked mid-run), it and every later write are kept in a :class:`Spool` (``journal.jsonl`` and
 ``files/`` in the run's ``mlflow_spool`` folder), each record with the reason it was kept, and training goes on.
 The spool is sent whenever the server answers again (tried at most every ``retry_interval_s``) and at the end
-of training. What is still left then is sent by the next run of the same command, or by this module's command::
+of training. What is still left then is sent by the next run of the same command, or by :func:`upload`'s command::
 
-    python -m broadclass.tracking.spool <spool_dir> [tracking_uri=<uri>] [timeout=60]
+    python -m broadclass.send_spool <spool_dir> [tracking_uri=<uri>] [timeout=60]
 
 Writes to a SQLite store are never spooled: a failure there is an error, raised at once.
 """
@@ -19,10 +19,8 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
-from broadclass.config import argument, parse_arguments
 from broadclass.tracking.store import is_server, refusal
 
 log = logging.getLogger(__name__)
@@ -296,26 +293,3 @@ def upload(spool_dir: str | Path, tracking_uri: str | None = None, timeout_s: fl
     spool = Spool(folder, sender(MlflowClient(uri), uri))
     spool.flush(timeout_s)
     return len(spool.pending)
-
-
-@dataclass
-class UploadArguments:
-    spool_dir: Path = argument(help="the run's mlflow_spool folder", positional=True)
-    tracking_uri: str | None = argument(None, "default: the run's own (from <spool_dir>/run.json)")
-    timeout: float = argument(60.0, "seconds to keep trying")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_arguments(
-        UploadArguments,
-        argv,
-        "python -m broadclass.tracking.spool",
-        "Send the MLflow records a run kept while its server was away.",
-    )
-    left = upload(args.spool_dir, args.tracking_uri, args.timeout)
-    print(f"{left} record(s) still waiting in {args.spool_dir}" if left else f"all records sent from {args.spool_dir}")
-    return 1 if left else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

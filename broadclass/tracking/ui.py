@@ -1,13 +1,10 @@
-"""The MLflow UI pages of a store's experiments: ``python -m broadclass.tracking.ui <tracking URI> <UI URL>``.
+"""The MLflow UI pages of a store's experiments: ``python -m broadclass.ui <tracking URI> <UI URL>`` prints them.
 
 ``make ui`` prints them before it starts the UI: each experiment's training-runs page (runs table,
 chart view and compare view start there).
 """
 
 from __future__ import annotations
-
-import sys
-from collections.abc import Sequence
 
 from mlflow import MlflowClient
 
@@ -22,15 +19,3 @@ def experiment_pages(tracking_uri: str, ui_url: str) -> list[str]:
     experiments = [e for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
     experiments.sort(key=lambda e: e.last_update_time or 0, reverse=True)
     return [f"{e.name}: {runs_page(ui_url, e.experiment_id)}" for e in experiments]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    tracking_uri, ui_url = argv if argv is not None else sys.argv[1:]
-    pages = experiment_pages(tracking_uri, ui_url)
-    print("Training runs, per experiment:" if pages else f"No runs yet in {tracking_uri}.")
-    print("\n".join(f"  {page}" for page in pages))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Hydra prints any exception of a task with its traceback; for the errors that name what the user must change
 (a config key, a pretrained folder, manifest rows), the traceback only hides the message. They are printed as
-``error: <message>`` on stderr with exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback as before. In a
+``error: <message>`` on stderr with exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback. In a
 sweep (multirun) they stay exceptions, so the sweeper records the failed job.
 """
 

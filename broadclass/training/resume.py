@@ -5,7 +5,7 @@
   is reused unless its run finished (a ``FINISHED`` file), so re-running the command finds it.
 * :func:`find_resume_point` picks the newest checkpoint in ``<run>/checkpoints`` and the MLflow run id
   kept beside it (``mlflow_run.json``, written by :func:`remember_run` when the run is created).
-* ``broadclass.training.callbacks.RestoreRandomState`` keeps the random generators (dropout, SpecAugment)
+* ``broadclass.training.resumable_state.RestoreRandomState`` keeps the random generators (dropout, SpecAugment)
   in the checkpoint and puts them back just before the first resumed step; the datamodule's train loader
   is stateful, so the epoch goes on from the batch after the checkpoint (see ``ResumableDataLoader``). On
   CPU with ``trainer.deterministic=true`` a resumed run's numbers equal an uninterrupted run's, bit for bit.

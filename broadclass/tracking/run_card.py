@@ -1,6 +1,6 @@
 """A Markdown model card for one MLflow run, in the layout the HF Trainer writes into its README.md.
 
-Built from the card pieces every card shares (:mod:`broadclass.model.card`: front matter, what the model
+Built from the card pieces every card shares (:mod:`broadclass.model.card_sections`: front matter, what the model
 transcribes, each evaluation's report and confusion matrix), with what only the run has added here.
 
 Everything comes from what the run logged: the resolved config (``config/config.yaml``), the metric
@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from broadclass.metrics import category_keys
 from broadclass.metrics.markdown import markdown_table
-from broadclass.model.card import evaluation_section, front_matter, number, transcription_sentence
+from broadclass.model.card_sections import evaluation_section, front_matter, number, transcription_sentence
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 
@@ -188,8 +188,7 @@ def _description(record: RunRecord) -> str:
     for split, key in (("Training", "train_manifest"), ("Validation", "val_manifest"), ("Test", "test_manifest")):
         if data.get(key):
             lines.append(f"- {split} manifest: `{data[key]}`")
-    # Runs configured before data.prepare was renamed data.manifests_from logged the old name.
-    manifests_from = data.get("manifests_from", data.get("prepare"))
+    manifests_from = data.get("manifests_from")
     if isinstance(manifests_from, Mapping):
         options = ", ".join(f"{k}={v}" for k, v in manifests_from.items() if not k.startswith("_") and k != "root")
         lines.append(f"- Built by `{manifests_from.get('_target_')}` ({options})")

@@ -16,7 +16,6 @@ from pytorch_lightning.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 
-from broadclass.data.check import DataReport
 from broadclass.model.evaluation import EvaluationResult
 from broadclass.tracking.figures import class_confusion_figure, confusion_figure, figure_image
 from broadclass.tracking.mlflow_run import mlflow_logger
@@ -121,29 +120,3 @@ class ValidationReport(pl.Callback):
             self.wait()
         except Exception as err:  # any error of MLflow or matplotlib
             rank_zero_warn(f"the last validation report was not fully logged to MLflow: {err!r}")
-
-
-class DataCheckLog(pl.Callback):
-    """The datamodule's data check on the MLflow run: ``data/check_report.json`` and the param
-    ``data/check/rows_with_errors``. Logged after the datamodule's setup, and also when the check stops the run
-    (``on_exception``), so the report of a refused corpus is on the run that refused it."""
-
-    def __init__(self) -> None:
-        self._logged: DataReport | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._log(trainer)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._log(trainer)
-
-    def _log(self, trainer: pl.Trainer) -> None:
-        report = getattr(trainer.datamodule, "check_report", None)
-        tracker = mlflow_logger(trainer.loggers)
-        if report is None or tracker is None or report is self._logged:
-            return
-        tracker.experiment.log_text(
-            tracker.run_id, json.dumps(report.to_dict(), ensure_ascii=False, indent=2), "data/check_report.json"
-        )
-        tracker.log_hyperparams({"data/check/rows_with_errors": len(report.bad_sources())})
-        self._logged = report

@@ -3,7 +3,7 @@
 A card starts with HF front matter, says what the model transcribes, and gives each evaluation's report and
 confusion matrix; those pieces need only what a checkpoint records (its metadata and validation report), so
 they are here, and :func:`checkpoint_card` is the whole card of a checkpoint exported without its run.
-``broadclass.tracking.model_card`` builds a run's card from the same pieces and adds what only the run has
+``broadclass.tracking.run_card`` builds a run's card from the same pieces and adds what only the run has
 (the config's hyperparameters, a row per validation, the error analysis, framework versions). Tables come
 from :mod:`broadclass.metrics.markdown`.
 """
@@ -87,7 +87,7 @@ def evaluation_section(title: str, report: Mapping[str, Any], artifacts: str | N
 
 def checkpoint_card(metadata: Mapping[str, Any], folder_name: str) -> str:
     """The card of an exported folder from its metadata alone (``broadclass.json``): a run's export gets the
-    run's card instead (``broadclass.tracking.model_card``)."""
+    run's card instead (``broadclass.tracking.run_card``)."""
     lines = [
         front_matter(folder_name),
         f"# {folder_name}",
