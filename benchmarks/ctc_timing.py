@@ -28,8 +28,7 @@ from rapidfuzz.distance import Levenshtein
 
 from broadclass.data.demo import load_words
 from broadclass.data.espeak import ESpeak
-from broadclass.data.labels import LabelMap
-from broadclass.metrics.alignment import split_token
+from broadclass.data.labels import LabelMap, split_token
 from broadclass.predict import Utterance, predict
 from broadclass.tracking.run_model import load_model
 

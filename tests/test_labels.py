@@ -3,7 +3,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from broadclass.data.labels import LabelMap, UnknownPhoneError
+from broadclass.data.labels import LabelMap, UnknownPhoneError, join_token, split_token
 from tests.conftest import CONF_DIR
 
 CATEGORIES = [{"name": "male", "tag": "m"}, {"name": "female", "tag": "f"}]
@@ -19,6 +19,15 @@ def test_tokens_are_class_tag_times_category_tag_after_blank_and_boundary(ipa):
     assert tokens[:2] == ["<pad>", "|"]
     assert {"v_m", "v_f", "p_m", "f_f", "n_m", "a_f", "l_m"} <= set(tokens)
     assert len(tokens) == 2 + len(ipa.classes) * len(CATEGORIES)
+
+
+def test_every_token_splits_back_into_the_tags_it_was_joined_from(ipa):
+    tags = [(spec["tag"], category.tag) for spec in ipa.classes.values() for category in ipa.categories]
+    assert [split_token(token) for token in ipa.tokens[2:]] == tags
+    assert [join_token(*pair) for pair in tags] == ipa.tokens[2:]
+    # A class tag may hold "_"; the category tag is what follows the last one. Tokens without one have none.
+    assert split_token("long_v_m") == ("long_v", "m")
+    assert split_token("|") == ("|", None) and split_token("<pad>") == ("<pad>", None)
 
 
 def test_vocabulary_follows_the_config_not_the_data(ipa):

@@ -16,6 +16,23 @@ from pathlib import Path
 
 BLANK = "<pad>"
 WORD_BOUNDARY = "|"
+# Between a token's class tag and its category tag: ``v_m``.
+TAG_SEPARATOR = "_"
+
+
+def join_token(class_tag: str, category_tag: str) -> str:
+    """``v``, ``m`` → ``v_m``: a broad class's tag with the tag of its utterance's category."""
+    return f"{class_tag}{TAG_SEPARATOR}{category_tag}"
+
+
+def split_token(token: str) -> tuple[str, str | None]:
+    """``v_m`` → (``v``, ``m``); the one reader of the token format.
+
+    The category tag is what follows the last ``_``, so class tags may contain ``_`` but category tags may
+    not; a token without ``_`` (``|``, ``<pad>``) is its own class tag and has no category tag.
+    """
+    class_tag, _, category_tag = token.rpartition(TAG_SEPARATOR)
+    return (class_tag, category_tag) if class_tag else (token, None)
 
 
 class UnknownPhoneError(ValueError):
@@ -114,7 +131,7 @@ class LabelMap:
     @property
     def tokens(self) -> list[str]:
         return [BLANK, WORD_BOUNDARY] + [
-            f"{spec['tag']}_{cat.tag}" for spec in self.classes.values() for cat in self.categories
+            join_token(spec["tag"], cat.tag) for spec in self.classes.values() for cat in self.categories
         ]
 
     @property
@@ -228,7 +245,7 @@ class LabelMap:
         vocab = self.vocab
         cat_tag = self.categories[self.category_index(category)].tag
         return [
-            self.word_boundary_id if c == WORD_BOUNDARY else vocab[f"{self.classes[c]['tag']}_{cat_tag}"]
+            self.word_boundary_id if c == WORD_BOUNDARY else vocab[join_token(self.classes[c]["tag"], cat_tag)]
             for c in classes
         ]
 

@@ -21,17 +21,11 @@ import torch
 from rapidfuzz.distance import Levenshtein
 from torchmetrics import Metric
 
-from broadclass.data.labels import WORD_BOUNDARY
+from broadclass.data.labels import WORD_BOUNDARY, split_token
 
 # (reference token, hypothesis token); None on the side an insertion or deletion lacks.
 AlignedPair = tuple[str | None, str | None]
 RATES = ("sub", "del", "ins", "err")
-
-
-def split_token(token: str) -> tuple[str, str | None]:
-    """``v_m`` → (``v``, ``m``); a token without ``_`` has no category tag (as in ``strip_tags``)."""
-    class_tag, _, category_tag = token.rpartition("_")
-    return (class_tag, category_tag) if class_tag else (token, None)
 
 
 def aligned_positions(ref_tokens: Sequence[str], hyp_tokens: Sequence[str]) -> list[tuple[int | None, int | None]]:

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from broadclass.data.labels import WORD_BOUNDARY
+from broadclass.data.labels import WORD_BOUNDARY, split_token
 
 # Joins a word's tokens into one comparable string; not a character any class or category tag uses.
 WORD_JOINER = "+"
@@ -62,12 +62,9 @@ def split_words(tokens: Sequence[str], boundary: str = WORD_BOUNDARY) -> list[st
 
 
 def strip_tags(tokens: Sequence[str], boundary: str = WORD_BOUNDARY) -> list[str]:
-    """Class tags without their category tag (``v_m`` → ``v``), word boundaries removed.
-
-    The category tag is what follows the last ``_``, so class tags may contain ``_`` but category tags
-    may not; a token without ``_`` is kept whole.
-    """
-    return [token.rpartition("_")[0] or token for token in tokens if token != boundary]
+    """Class tags without their category tag (``v_m`` → ``v``, as :func:`~broadclass.data.labels.split_token`
+    reads them), word boundaries removed."""
+    return [split_token(token)[0] for token in tokens if token != boundary]
 
 
 def error_counts(ref_tokens: Sequence[str], hyp_tokens: Sequence[str]) -> tuple[int, int, int, int]:

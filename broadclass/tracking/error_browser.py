@@ -42,9 +42,9 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_warn
 
 from broadclass.data.audio import AudioError, decode
-from broadclass.data.labels import WORD_BOUNDARY, LabelMap
+from broadclass.data.labels import WORD_BOUNDARY, LabelMap, split_token
 from broadclass.data.manifest import read_manifest
-from broadclass.metrics.alignment import TokenIndex, aligned_positions, alignment_counts, split_token
+from broadclass.metrics.alignment import TokenIndex, aligned_positions, alignment_counts
 from broadclass.tracking.mlflow_run import mlflow_logger
 from broadclass.tracking.run_card import RunRecord, evaluation_predictions
 
