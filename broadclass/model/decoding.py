@@ -51,18 +51,6 @@ def category_posteriors(
     return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def vote(decoded: Sequence[Sequence[int]], token_category: Sequence[int], num_categories: int) -> torch.Tensor:
-    """Majority of the decoded tokens' category tags; ties go to the lowest id; nothing decoded → 0."""
-    preds = []
-    for ids in decoded:
-        counts = [0] * num_categories
-        for i in ids:
-            if token_category[i] >= 0:
-                counts[token_category[i]] += 1
-        preds.append(max(range(num_categories), key=lambda k: (counts[k], -k)))
-    return torch.tensor(preds, dtype=torch.long)
-
-
 def vote_share(decoded: Sequence[Sequence[int]], token_category: Sequence[int], num_categories: int) -> torch.Tensor:
     """Share of decoded category-tagged tokens per category (all zeros when nothing was decoded)."""
     shares = torch.zeros(len(decoded), num_categories)
@@ -71,6 +59,12 @@ def vote_share(decoded: Sequence[Sequence[int]], token_category: Sequence[int], 
             if token_category[i] >= 0:
                 shares[row, token_category[i]] += 1
     return shares / shares.sum(dim=1, keepdim=True).clamp_min(1)
+
+
+def vote(decoded: Sequence[Sequence[int]], token_category: Sequence[int], num_categories: int) -> torch.Tensor:
+    """Majority of the decoded tokens' category tags: the category of the largest :func:`vote_share`; ties go
+    to the lowest id (``argmax`` takes the first maximum); nothing decoded → 0."""
+    return vote_share(decoded, token_category, num_categories).argmax(dim=1)
 
 
 def frame_seconds(config: Any, sample_rate: int) -> float:
