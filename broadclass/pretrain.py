@@ -15,9 +15,10 @@ from omegaconf import DictConfig
 
 from broadclass.config import check_config
 from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
-from broadclass.train import run_name, run_tags
+from broadclass.train import run_tags
 from broadclass.training.errors import reporting_configuration_errors
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
+from broadclass.training.run_naming import run_name
 
 
 def pretrain(cfg: DictConfig) -> float | None:

@@ -11,24 +11,17 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from broadclass.config import check_config
-from broadclass.tracking.mlflow_run import (
-    describe_run,
-    ensure_experiment,
-    log_run_setup,
-    mlflow_logger,
-    single_run_name,
-    sweep_run_name,
-)
+from broadclass.tracking.mlflow_run import describe_run, ensure_experiment, log_run_setup, mlflow_logger
 from broadclass.tracking.pretraining import local_encoder, pretraining_tags
 from broadclass.tracking.store import default_tracking_uri
 from broadclass.training.errors import reporting_configuration_errors
 from broadclass.training.resume import find_resume_point, mark_finished, remember_run
+from broadclass.training.run_naming import run_name
 from broadclass.training.slurm import slurm_job_id
 
 
@@ -42,39 +35,6 @@ def run_tags() -> dict[str, str]:
     if slurm_job_id() is not None:  # the SLURM job that ran it (`<array job>_<task>` in an array)
         tags["slurm/job_id"] = slurm_job_id()
     return tags
-
-
-def overrides_by_key(texts: list[str]) -> dict[str, str]:
-    """``["+experiment=demo", "model.lr=0.001"]`` → ``{"experiment": "demo", "model.lr": "0.001"}``."""
-    parsed = OverridesParser.create().parse_overrides(list(texts))
-    return {override.key_or_group: text.split("=", 1)[1] for override, text in zip(parsed, texts, strict=True)}
-
-
-def swept_keys() -> set[str]:
-    """The keys a Hydra sweep varies: the sweeper's ``params`` and the command line's sweeps (``a=1,2``).
-
-    A job sees only its own overrides; the command line's sweeps are read from the ``multirun.yaml`` that
-    Hydra's basic sweeper writes into the sweep folder before it launches a job (any launcher).
-    """
-    hydra_cfg = HydraConfig.get()
-    texts = [f"{key}={value}" for key, value in (hydra_cfg.sweeper.get("params") or {}).items()]
-    record = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
-    if record.is_file():
-        texts += list(OmegaConf.load(record).hydra.overrides.task)
-    return {o.key_or_group for o in OverridesParser.create().parse_overrides(texts) if o.is_sweep_override()}
-
-
-def run_name(cfg: DictConfig) -> str:
-    """``run_name`` when set; in a sweep, the job's swept values (``lr=0.001,warmup_steps=100``); else
-    the experiment's name and a short id."""
-    if cfg.run_name:
-        return cfg.run_name
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        name = sweep_run_name(overrides_by_key(list(hydra_cfg.overrides.task)), swept_keys())
-        if name:
-            return name
-    return single_run_name(cfg.experiment_name)
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from broadclass.tracking.mlflow_run import single_run_name, split_locations, sweep_run_name
+from broadclass.tracking.mlflow_run import split_locations
+from broadclass.training.run_naming import single_run_name, sweep_run_name
 
 
 def test_a_sweep_job_is_named_by_its_swept_values_in_override_order() -> None:

@@ -10,7 +10,7 @@ resumed run's repeated steps.
 * **No step twice.** A resumed run recomputes the steps between its checkpoint and the crash; a
   metric already logged at that step (in MLflow, or waiting in the spool) is not logged again.
 * **A run name** when none is given: the experiment's name and a short random id
-  (:func:`~broadclass.tracking.mlflow_run.single_run_name`).
+  (:func:`~broadclass.training.run_naming.single_run_name`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from broadclass.tracking.mlflow_run import single_run_name
 from broadclass.tracking.spool import SpoolingClient
 from broadclass.tracking.store import is_server, server_access
+from broadclass.training.run_naming import single_run_name
 
 log = logging.getLogger(__name__)
 

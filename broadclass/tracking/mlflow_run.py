@@ -1,9 +1,8 @@
-"""MLflow helpers: find the run behind a Lightning logger, name it, log config/vocabulary, say where the run is."""
+"""MLflow helpers: find the run behind a Lightning logger, log config/vocabulary, say where the run is."""
 
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,22 +65,6 @@ def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{database}.lock"):
         return get_or_create()
-
-
-def single_run_name(experiment_name: str) -> str:
-    """``demo-3f9a2c``: the experiment's name and a short random id (not Python's seeded ``random``)."""
-    return f"{experiment_name}-{secrets.token_hex(3)}"
-
-
-def sweep_run_name(job_overrides: Mapping[str, str], swept: Iterable[str]) -> str:
-    """``lr=0.001,warmup_steps=100``: a sweep job's values of the swept keys, as its run name.
-
-    A key is shown by its last part (``model.lr`` → ``lr``), in full where two swept keys share it.
-    """
-    keys = [key for key in job_overrides if key in set(swept)]
-    short = [key.rsplit(".", 1)[-1] for key in keys]
-    shown = [name if short.count(name) == 1 else key for key, name in zip(keys, short, strict=True)]
-    return ",".join(f"{name}={job_overrides[key]}" for name, key in zip(shown, keys, strict=True))
 
 
 def split_locations(flat: Mapping[str, Any], paths: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from broadclass.training.run_naming import run_key
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,6 @@ FINISHED_FILE = "FINISHED"
 CHECKPOINT_DIR = "checkpoints"
 TIME_FORMAT = "%Y-%m-%d_%H-%M-%S"
 TIME_LENGTH = len("2026-01-31_23-59-59")
-
-
-def run_key(overrides: str, run_name: str | None) -> str:
-    """``run_name``, or a short hash of the command line's overrides (``hydra.job.override_dirname``)."""
-    return run_name or hashlib.sha1(overrides.encode()).hexdigest()[:8]
 
 
 def run_dir(parent: str, overrides: str, run_name: str | None, resume: str) -> str:
