@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broadclass.reporting.markdown import markdown_table
+
 TRAINING = "RunningStage.TRAINING"
 VALIDATING = "RunningStage.VALIDATING"
 # (label, profiler actions summed; a name ending in "*" matches every action it starts)
@@ -59,17 +61,14 @@ def total(actions: dict[str, tuple[int, float]], names: Sequence[str]) -> float:
 def table(paths: Sequence[Path]) -> str:
     profiles = [read_profile(path) for path in paths]
     steps = [actions["run_training_batch"][0] for actions in profiles]
-    header = "| phase | " + " | ".join(path.stem for path in paths) + " |"
-    lines = [header, "|---" * (len(paths) + 1) + "|"]
 
-    def row(label: str, names: Sequence[str], per_step: bool) -> str:
+    def row(label: str, names: Sequence[str], per_step: bool) -> list[str]:
         values = [total(a, names) / (n if per_step else 1) * 1000 for a, n in zip(profiles, steps, strict=True)]
-        return f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+        return [label, *(f"{v:.1f}" for v in values)]
 
-    lines.append("| **training, ms per optimizer step** |" + " |" * len(paths))
-    lines.append(row("whole step (run_training_batch)", ["run_training_batch"], True))
-    for label, names in TRAIN_PHASES:
-        lines.append(row(label, names, True))
+    def heading(label: str) -> list[str]:
+        return [f"**{label}**", *([""] * len(paths))]
+
     optimizer = [
         (
             total(a, ["[LightningModule]BroadClassModule.optimizer_step"])
@@ -79,12 +78,16 @@ def table(paths: Sequence[Path]) -> str:
         * 1000
         for a, n in zip(profiles, steps, strict=True)
     ]
-    lines.append("| optimizer step (AdamW, with its hooks) | " + " | ".join(f"{v:.1f}" for v in optimizer) + " |")
-    lines.append("| **validation, ms per validation (100 utterances)** |" + " |" * len(paths))
-    lines.append(row("validation steps (validation_step)", ["[Strategy]SingleDeviceStrategy.validation_step"], False))
-    for label, names in VALIDATION_PHASES:
-        lines.append(row(label, names, False))
-    return "\n".join(lines)
+    rows = [
+        heading("training, ms per optimizer step"),
+        row("whole step (run_training_batch)", ["run_training_batch"], True),
+        *(row(label, names, True) for label, names in TRAIN_PHASES),
+        ["optimizer step (AdamW, with its hooks)", *(f"{v:.1f}" for v in optimizer)],
+        heading("validation, ms per validation (100 utterances)"),
+        row("validation steps (validation_step)", ["[Strategy]SingleDeviceStrategy.validation_step"], False),
+        *(row(label, names, False) for label, names in VALIDATION_PHASES),
+    ]
+    return markdown_table(["phase", *(path.stem for path in paths)], rows).rstrip("\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,6 +38,7 @@ from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import write_manifest, write_text_atomic
 from broadclass.data.sources import CorpusError, load_category_map, parse_columns, raise_listed, read_table_source
 from broadclass.data.timit import read_timit_source
+from broadclass.reporting.markdown import markdown_table
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1
@@ -190,12 +191,12 @@ def format_summary(set_name: str, summary: Mapping[str, dict]) -> str:
     """A Markdown table: one row per split, utterances per category as columns."""
     categories = list(next(iter(summary.values()))["categories"])
     header = ["split", "speakers", "utterances", "hours", *categories]
-    lines = [f"### {set_name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for split, stats in summary.items():
-        cells = [split, stats["speakers"], stats["utterances"], f"{stats['hours']:.2f}"]
-        cells += [stats["categories"][name] for name in categories]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [split, stats["speakers"], stats["utterances"], f"{stats['hours']:.2f}"]
+        + [stats["categories"][name] for name in categories]
+        for split, stats in summary.items()
+    ]
+    return f"### {set_name}\n\n" + markdown_table(header, rows)
 
 
 def suggest_tags(names: Sequence[str]) -> dict[str, str]:

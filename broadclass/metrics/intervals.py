@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from broadclass.metrics.alignment import TokenIndex, align_tokens, alignment_counts
-from broadclass.metrics.markdown import markdown_table
+from broadclass.reporting.markdown import markdown_table
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000

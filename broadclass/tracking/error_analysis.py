@@ -20,6 +20,7 @@ from broadclass.metrics.intervals import (
     paired_markdown,
     utterance_scores,
 )
+from broadclass.reporting.markdown import markdown_table
 
 
 def parse_predictions(text: str) -> list[dict[str, Any]]:
@@ -36,9 +37,8 @@ def evaluation_scores(report: Mapping[str, Any], predictions: Sequence[Mapping[s
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    """Names left, numbers right."""
+    return markdown_table(header, rows, align=[":--"] + ["--:"] * (len(header) - 1))
 
 
 def class_table(report: Mapping[str, Any]) -> str:

@@ -29,8 +29,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from broadclass.metrics import category_keys
-from broadclass.metrics.markdown import markdown_table
 from broadclass.model.card_sections import evaluation_section, front_matter, number, transcription_sentence
+from broadclass.reporting.markdown import markdown_table
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 

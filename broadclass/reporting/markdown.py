@@ -1,4 +1,4 @@
-"""Markdown tables: the one writer of the reports, model cards and comparisons."""
+"""Markdown tables: the one writer of the reports, model cards, set summaries and comparisons."""
 
 from __future__ import annotations
 
