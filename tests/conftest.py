@@ -1,13 +1,13 @@
-"""Shared fixtures: the real Hydra config, shrunk; a small synthesized corpus; a tiny saved model."""
+"""Fixtures several test modules use: a small synthesized corpus, an empty MLflow store, the real Hydra config
+shrunk, a run trained once per session, a sweep, a tracking server, a browser. Their helpers are in
+tests/helpers/."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 # Set before transformers/huggingface_hub are imported anywhere: a hub lookup would stall ~25 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,62 +15,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 import pytest  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 import broadclass.config  # noqa: E402,F401  (registers the resolvers)
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "broadclass" / "conf"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# .ci/run installs Chromium and sets this: there, a missing browser fails instead of skipping.
-REQUIRE_BROWSER = os.environ.get("BROADCLASS_REQUIRE_BROWSER") == "1"
-
-# A smaller network than model=tiny: the tests check behaviour, not accuracy.
-TEST_MODEL = [
-    "model.config.hidden_size=32",
-    "model.config.num_hidden_layers=2",
-    "model.config.num_attention_heads=2",
-    "model.config.intermediate_size=64",
-    "model.config.conv_dim=[32,32,32,32,32,32,32]",
-    "model.config.num_conv_pos_embeddings=16",
-    "model.config.num_conv_pos_embedding_groups=4",
-]
-
-
-# Two optimizer steps of the test model, each validated; no figures, no export, no test pass (the tests read
-# metrics).
-SHORT_RUN = [
-    *TEST_MODEL,
-    "trainer.max_steps=2",
-    "val_every_n_optimizer_steps=1",
-    "model.warmup_steps=1",
-    "test_after_fit=false",
-    "callbacks.export_model.enabled=false",
-    "trainer.enable_progress_bar=false",
-    "+callbacks.report.figures=false",
-    "+callbacks.report.console=false",
-]
-
-
-def compose_config(root: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
-    """The real composed config (``train``, or ``pretrain``), with every path under ``root`` and Hydra's
-    runtime set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"paths.root_dir={root}", *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(root / "out")
-        cfg.hydra.runtime.output_dir = str(root / "out")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+from tests.helpers.browser import CHROMIUM, REQUIRE_BROWSER  # noqa: E402
+from tests.helpers.config import SHORT_RUN, compose_config, demo_overrides  # noqa: E402
+from tests.helpers.mlflow_server import MlflowServer  # noqa: E402
+from tests.helpers.runs import TrainedRun  # noqa: E402
+from tests.helpers.sweeps import DEMO_CATEGORIES, multirun, prepare_demo_sets  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +32,6 @@ def demo_corpus(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("demo")
     return build_demo_corpus(root, categories="voice", n_train=48, n_val=16, seed=0)
-
-
-def demo_overrides(corpus: dict[str, Path]) -> list[str]:
-    """The demo experiment on the small corpus with the test model."""
-    return [
-        "+experiment=demo",
-        f"data.train_manifest={corpus['train']}",
-        f"data.val_manifest={corpus['validation']}",
-        "data.manifests_from=null",
-        "trainer.enable_progress_bar=false",
-        *TEST_MODEL,
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -116,14 +56,6 @@ def train_config(tmp_path, demo_corpus, empty_mlflow_db):
     return make
 
 
-@dataclass
-class TrainedRun:
-    config: DictConfig
-    checkpoint: Path  # the best (and only validated) checkpoint
-    run_id: str
-    tracking_uri: str
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> TrainedRun:
     """The demo trained once per session for 10 optimizer steps, validated at step 10, into its own MLflow
@@ -143,39 +75,6 @@ def trained_run(tmp_path_factory, demo_corpus, empty_mlflow_db) -> TrainedRun:
     return TrainedRun(cfg, checkpoint, run.info.run_id, client.tracking_uri)
 
 
-class FitRecorder(pl.Callback):
-    """A Lightning callback (``+callbacks.recorder._target_=tests.conftest.FitRecorder``) that keeps what a
-    run did, for tests of runs that log nothing (``fast_dev_run``): the network's weights when training
-    started and ended, each training batch's loss, the optimizer steps taken and the last evaluation."""
-
-    last: ClassVar[FitRecorder | None] = None
-
-    def __init__(self) -> None:
-        self.before: dict | None = None
-        self.after: dict | None = None
-        self.losses: list[float] = []
-        self.steps = 0
-        self.evaluations: list = []
-        FitRecorder.last = self
-
-    @staticmethod
-    def _weights(module) -> dict:
-        return {key: value.detach().clone() for key, value in module.net.state_dict().items()}
-
-    def on_train_start(self, trainer, module) -> None:
-        self.before = self._weights(module)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-    def on_validation_end(self, trainer, module) -> None:
-        self.evaluations.append(module.last_evaluation)
-
-    def on_train_end(self, trainer, module) -> None:
-        self.after = self._weights(module)
-        self.steps = trainer.global_step
-
-
 @pytest.fixture(scope="session")
 def browser():
     """Debian's headless Chromium driven by Playwright through the DevTools protocol (nothing downloads a browser)."""
@@ -193,24 +92,37 @@ def browser():
         chromium.close()
 
 
-class OpenPage:
-    """A page opened offline; every request that is not the file itself or a data URI is recorded and refused,
-    every console error and page error kept."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, empty_mlflow_db) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on a copy of the empty store, one per test module that asks for it."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
+    server = MlflowServer(folder, folder / "mlflow.db")
+    server.start()
+    yield server
+    if server.process.poll() is None:  # a test may have stopped it
+        server.stop()
 
-    def __init__(self, browser, url: str):
-        self.context = browser.new_context(offline=True, viewport={"width": 1600, "height": 1100})
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page = self.context.new_page()
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
-        def refuse(route):
-            self.requests.append(route.request.url)
-            route.abort()
+@pytest.fixture(scope="session")
+def set_sweep(tmp_path_factory, demo_corpus) -> tuple[Path, Path]:
+    """The reference recipe on 2 sets of 32 demo utterances, with the test model, as 2 parallel jobs.
 
-        self.page.route(re.compile(r"^(https?|wss?|ftp)://"), refuse)
-        self.page.goto(url)
-
-    def shown_ids(self) -> list[str]:
-        return self.page.eval_on_selector_all("#utterances tbody tr", "rows => rows.map(r => r.dataset.id)")
+    Returns the project root and the sweep folder Hydra printed; the sweep tests and the notebook test read the
+    same store (the costly part: ~45 s of CPU).
+    """
+    root = tmp_path_factory.mktemp("set-sweep")
+    prepare_demo_sets(root, demo_corpus, n_sets=2)
+    sweep = multirun(
+        root,
+        "+experiment=onSet1,onSet2",
+        "model=tiny",
+        "model.pretrained=null",
+        "trainer=cpu",
+        f"paths.sets_dir={root / 'sets'}",
+        DEMO_CATEGORIES,
+        "data.num_workers=0",
+        *SHORT_RUN,
+        "hydra/launcher=local",  # joblib, 2 processes
+    )
+    return root, sweep

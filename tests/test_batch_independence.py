@@ -20,7 +20,7 @@ from broadclass import predict
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.model.module import BroadClassModule, TrainedModel
 from broadclass.model.padding import masked_group_norm
-from tests.conftest import compose_config, demo_overrides
+from tests.helpers.config import compose_config, demo_overrides
 
 SMALL = {
     "hidden_size": 32,

@@ -6,7 +6,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from broadclass.data.datamodule import collate, padded_length
-from tests.conftest import compose_config, demo_overrides
+from tests.helpers.config import compose_config, demo_overrides
 
 
 def item(n_samples: int) -> dict:

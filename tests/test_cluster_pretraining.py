@@ -21,8 +21,8 @@ from broadclass.model.cluster_targets import (
     nearest,
     receptive_field,
 )
-from tests.conftest import TEST_MODEL, compose_config
-from tests.test_pretraining import csv_metrics, data_overrides
+from tests.helpers.config import TEST_MODEL, compose_config
+from tests.helpers.pretraining import csv_metrics, data_overrides
 
 CLUSTERS = 12
 CLUSTER_MODEL = [

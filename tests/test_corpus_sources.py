@@ -28,7 +28,7 @@ from broadclass.data.sets import prepare_sets
 from broadclass.data.sources import CorpusError
 from broadclass.prepare import main
 from broadclass.train import train
-from tests.conftest import CONF_DIR, SHORT_RUN, compose_config
+from tests.helpers.config import CONF_DIR, SHORT_RUN, compose_config
 
 # (speaker = eSpeak voice, category, text): 4 speakers, 2 categories, 2 sentences each.
 UTTERANCES = [

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from benchmarks.ctc_timing import boundary_errors, measure, reference_onsets
 from broadclass.data.espeak import ESpeak
 from broadclass.data.labels import LabelMap
-from tests.conftest import TrainedRun
+from tests.helpers.runs import TrainedRun
 
 
 def test_phoneme_events_are_the_phonemes_in_order_within_the_audio():

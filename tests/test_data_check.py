@@ -27,7 +27,7 @@ from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.prepare import main as prepare_main
 from broadclass.train import train
-from tests.conftest import CONF_DIR
+from tests.helpers.config import CONF_DIR
 
 RATE = 16_000
 CATEGORIES = [{"name": "male", "tag": "m"}, {"name": "female", "tag": "f"}]

@@ -9,7 +9,7 @@ import torch
 from broadclass.data.check import DataCheckError
 from broadclass.data.datamodule import LengthBucketBatchSampler, collate, seconds_batches
 from broadclass.data.manifest import ManifestError, read_manifest, write_manifest
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 
 
 def item(n_samples: int, labels: list[int], category: int = 0) -> dict:

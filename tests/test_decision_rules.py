@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from broadclass.data.labels import LabelMap
 from broadclass.model.decoding import category_posteriors, greedy_decode, vote
 from broadclass.model.module import BroadClassModule
-from tests.conftest import TEST_MODEL, compose_config
+from tests.helpers.config import TEST_MODEL, compose_config
 
 TOKEN_CATEGORY = [-1, -1, 0, 1, 0, 1]
 BLANK, BOUNDARY, V_A, V_B, P_A, P_B = range(6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from broadclass.data.demo import ACCENTS, CATEGORY_SETS, build_demo_corpus
 from broadclass.data.espeak import ESpeak, ESpeakError
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
+from tests.helpers.corpora import file_digests, rows_of
 
 IPA_CONFIG = Path(__file__).resolve().parents[1] / "broadclass" / "conf" / "labels" / "ipa.yaml"
 SMALL = {"n_train": 24, "n_val": 8}
@@ -25,18 +25,6 @@ SMALL = {"n_train": 24, "n_val": 8}
 def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("demo")
     return {categories: build_demo_corpus(root, categories, **SMALL) for categories in CATEGORY_SETS}
-
-
-def rows_of(manifests: dict[str, Path]) -> dict[str, list[dict]]:
-    return {split: read_manifest(path) for split, path in manifests.items()}
-
-
-def file_digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    return {
-        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name not in skip
-    }
 
 
 def label_map(categories: str) -> LabelMap:

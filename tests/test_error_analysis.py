@@ -18,7 +18,7 @@ from broadclass.metrics.alignment import ClassConfusion, align_tokens, edit_coun
 from broadclass.metrics.durations import ClassDurations, duration_summary
 from broadclass.metrics.errors import edit_distance, strip_tags
 from broadclass.model.decoding import frame_seconds, greedy_decode, greedy_segments
-from tests.conftest import TrainedRun
+from tests.helpers.runs import TrainedRun
 
 CLASSES = ["vowel", "plosive", "fricative"]
 CLASS_TAGS = ["v", "p", "f"]

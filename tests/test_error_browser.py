@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import re
 from pathlib import Path
 
 import jiwer
@@ -29,15 +28,10 @@ from broadclass.tracking.error_browser import (
     from_evaluation,
     page_data,
 )
-from tests.conftest import OpenPage
+from tests.helpers.browser import OpenPage, page_json
 
 FOLDER = "val/step_000010"  # trained_run validates once, at step 10: its best validation
 JIWER_KINDS = {"equal": "C", "substitute": "S", "delete": "D", "insert": "I"}
-
-
-def page_json(text: str) -> dict:
-    (payload,) = re.findall(r'<script type="application/json" id="page-data">(.*?)</script>', text, flags=re.S)
-    return json.loads(payload)
 
 
 def logged(trained_run) -> tuple[dict, list[dict], dict]:
@@ -317,7 +311,7 @@ def test_predict_writes_a_page_beside_its_output_without_alignment_when_there_ar
 @pytest.mark.slow  # an mlflow server and its UI in a browser
 @pytest.mark.timeout(900)
 def test_the_page_works_inside_the_mlflow_uis_artifact_view(trained_run, browser, tmp_path):
-    from tests.test_mlflow_server import MlflowServer
+    from tests.helpers.mlflow_server import MlflowServer
 
     data, predictions, _ = logged(trained_run)
     database = Path(trained_run.tracking_uri.removeprefix("sqlite:///"))

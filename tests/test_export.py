@@ -25,7 +25,8 @@ from broadclass.data.audio import decode
 from broadclass.data.manifest import read_manifest
 from broadclass.tracking.run_model import load_model
 from broadclass.train import train
-from tests.conftest import SHORT_RUN, FitRecorder, compose_config, demo_overrides
+from tests.helpers.config import SHORT_RUN, compose_config, demo_overrides
+from tests.helpers.runs import FitRecorder
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_an_exported_folder_fine_tunes_further_as_model_pretrained(exported, tra
         f"model.pretrained={exported}",
         "++trainer.fast_dev_run=true",
         "model.warmup_steps=0",  # a warm-up's first step has a learning rate of 0 and moves nothing
-        "+callbacks.recorder._target_=tests.conftest.FitRecorder",
+        "+callbacks.recorder._target_=tests.helpers.runs.FitRecorder",
     )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)

@@ -25,7 +25,7 @@ from broadclass.data.festival import (
 )
 from broadclass.data.labels import LabelMap
 from broadclass.data.manifest import read_manifest
-from tests.test_demo_corpus import file_digests, rows_of
+from tests.helpers.corpora import file_digests, rows_of
 
 ARPABET_CONFIG = Path(__file__).resolve().parents[1] / "broadclass" / "conf" / "labels" / "arpabet.yaml"
 SMALL = {"n_train": 6, "n_val": 3, "n_test": 3}

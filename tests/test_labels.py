@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from broadclass.data.labels import LabelMap, UnknownPhoneError, join_token, split_token
-from tests.conftest import CONF_DIR
+from tests.helpers.config import CONF_DIR
 
 CATEGORIES = [{"name": "male", "tag": "m"}, {"name": "female", "tag": "f"}]
 

@@ -17,7 +17,7 @@ from broadclass.data.audio import decode, decode_span, normalize, read_header
 from broadclass.data.manifest import read_manifest
 from broadclass.model.windows import infer_windows, plan_windows
 from broadclass.tracking.run_model import load_model
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 
 RATE = 16_000
 

@@ -19,9 +19,9 @@ import requests
 from broadclass import send_spool
 from broadclass.tracking.store import TrackingServerRefused
 from broadclass.train import train
-from tests.conftest import demo_overrides
-from tests.test_mlflow_server import SHORT, MlflowServer
-from tests.test_resume import REPO, environment
+from tests.helpers.config import demo_overrides
+from tests.helpers.mlflow_server import SHORT, MlflowServer
+from tests.helpers.processes import REPO, environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

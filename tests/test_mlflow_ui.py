@@ -23,9 +23,10 @@ from PIL import Image
 
 from broadclass.tracking.datasets import file_digest
 from broadclass.tracking.ui import runs_page as printed_runs_page
-from tests.conftest import CHROMIUM, REQUIRE_BROWSER, TEST_MODEL
-from tests.test_mlflow_server import MlflowServer
-from tests.test_sweep import demo_multirun
+from tests.helpers.browser import CHROMIUM, REQUIRE_BROWSER
+from tests.helpers.config import TEST_MODEL
+from tests.helpers.mlflow_server import MlflowServer
+from tests.helpers.sweeps import demo_multirun
 
 SWEPT = "model.lr=1e-3,3e-3"
 RUN_NAMES = {"lr=0.001", "lr=0.003"}

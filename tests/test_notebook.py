@@ -10,8 +10,8 @@ import pytest
 from nbclient import NotebookClient
 
 from broadclass.train import train
-from tests.conftest import TrainedRun, compose_config, demo_overrides
-from tests.test_sweep import set_sweep  # noqa: F401  (the store of two real runs the sweep test makes)
+from tests.helpers.config import compose_config, demo_overrides
+from tests.helpers.runs import TrainedRun
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_runs.ipynb"
 

@@ -15,7 +15,7 @@ import torch
 
 from broadclass.model.optimization import loss_scaler
 from broadclass.train import train
-from tests.test_faults import PoisonBatches, run_of, same
+from tests.helpers.faults import PoisonBatches, run_of, same
 
 FP16 = [
     "trainer=cpu_fp16",
@@ -114,7 +114,7 @@ def test_an_fp16_overflow_is_skipped_by_the_scaler_which_halves_its_scale_and_th
 def test_a_nan_loss_under_fp16_is_a_skipped_step_not_an_overflow(train_config):
     cfg = train_config(
         *FP16,
-        "+callbacks.poison._target_=tests.test_faults.PoisonBatches",
+        "+callbacks.poison._target_=tests.helpers.faults.PoisonBatches",
         "+callbacks.poison.batches=[2]",
         "trainer.max_steps=4",
         "val_every_n_optimizer_steps=4",

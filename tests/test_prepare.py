@@ -17,7 +17,7 @@ from broadclass.data.manifest import read_manifest
 from broadclass.data.sets import locate_set, prepare_sets
 from broadclass.data.sources import CorpusError
 from broadclass.prepare import main
-from tests.conftest import CONF_DIR
+from tests.helpers.config import CONF_DIR
 
 CATEGORIES = ("calm", "angry", "happy", "sad")
 PHONES = ("h ə l oʊ | w ɜː l d", "k æ t", "s ɪ ŋ | ə | s ɒ ŋ", "tʃ ɪ p s")

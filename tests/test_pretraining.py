@@ -29,8 +29,10 @@ from broadclass.model.pretraining import (
     sample_time_masks,
     utterance_generators,
 )
-from tests.conftest import TEST_MODEL, compose_config
-from tests.test_resume import REPO, environment, histories
+from tests.helpers.config import TEST_MODEL, compose_config
+from tests.helpers.pretraining import csv_metrics, data_overrides
+from tests.helpers.processes import REPO, environment
+from tests.helpers.resume import histories
 
 # The test model with a small codebook (2 groups of 8 code vectors) and 10 distractors per masked frame.
 PRETRAIN_MODEL = [
@@ -42,16 +44,6 @@ PRETRAIN_MODEL = [
     "model.num_negatives=10",
 ]
 CODEBOOK = 2 * 8
-
-
-def data_overrides(corpus: dict[str, Path]) -> list[str]:
-    return [
-        f"data.train_manifest={corpus['train']}",
-        f"data.val_manifest={corpus['validation']}",
-        "data.manifests_from=null",
-        "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1",
-    ]
 
 
 def pretrain_overrides(corpus: dict[str, Path]) -> list[str]:
@@ -71,11 +63,6 @@ def pretrain_config(tmp_path, demo_corpus, empty_mlflow_db):
         return compose_config(root, [*data_overrides(demo_corpus), *model, *overrides], config_name="pretrain")
 
     return make
-
-
-def csv_metrics(cfg) -> pd.DataFrame:
-    (path,) = Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv")
-    return pd.read_csv(path)
 
 
 # ---- 1. masks and negatives ------------------------------------------------------------------------------
@@ -203,7 +190,7 @@ def test_the_temperature_follows_its_schedule_per_optimizer_step_across_a_resume
     from broadclass.training.resume import find_resume_point
 
     overrides = [*TEMPERATURE_RUN, "trainer.max_steps=10", "val_every_n_optimizer_steps=5"]
-    overrides += ["checkpoint_every_n_optimizer_steps=3", "+callbacks.crash._target_=tests.test_resume.CrashAt"]
+    overrides += ["checkpoint_every_n_optimizer_steps=3", "+callbacks.crash._target_=tests.helpers.resume.CrashAt"]
     TemperatureRecorder.seen = []
     cfg = pretrain_config(*overrides, "+callbacks.crash.at_step=7")
     with pytest.raises(RuntimeError, match="crash at step 7"):
@@ -327,7 +314,7 @@ def pretrained_run(tmp_path_factory, demo_corpus, empty_mlflow_db):
 
 
 def fine_tune_config(root: Path, corpus, pretrained: str, tracking_uri: str, *overrides: str):
-    from tests.conftest import SHORT_RUN
+    from tests.helpers.config import SHORT_RUN
 
     root.mkdir(parents=True, exist_ok=True)
     steps = [o for o in SHORT_RUN if not o.startswith("model.config.")]  # the architecture comes from the folder
@@ -600,7 +587,7 @@ def test_a_killed_pretraining_run_resumes_into_its_mlflow_run_and_prints_the_enc
     import time
 
     from broadclass.training.resume import FINISHED_FILE
-    from tests.test_resume import last_logged_step
+    from tests.helpers.resume import last_logged_step
 
     root = store_root(tmp_path, "killed", empty_mlflow_db)
     steps = ["trainer.max_steps=60", "val_every_n_optimizer_steps=20", "checkpoint_every_n_optimizer_steps=10"]
@@ -656,7 +643,7 @@ def test_pretraining_on_two_cpu_processes_writes_the_encoder(tmp_path, demo_corp
 
 @pytest.mark.slow
 def test_pretrain_then_fine_tune_as_commands(tmp_path, demo_corpus, empty_mlflow_db):
-    from tests.conftest import SHORT_RUN
+    from tests.helpers.config import SHORT_RUN
 
     root = store_root(tmp_path, "project", empty_mlflow_db)
     steps = ["trainer.max_steps=4", "val_every_n_optimizer_steps=2"]

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from broadclass.config import ConfigError
 from broadclass.model.encoder import is_checkpointing_activations
 from broadclass.train import train
-from tests.conftest import compose_config
+from tests.helpers.config import SMALL_XLSR, compose_config
 
 
 def plain(cfg) -> dict:
@@ -85,19 +85,6 @@ def test_onset1_with_another_model_takes_that_models_weights(tmp_path):
     cfg = compose_config(tmp_path, ["+experiment=onSet1", "model=tiny"])
     assert cfg.model.pretrained is None and cfg.model.config.model_type == "wav2vec2-conformer"
     assert cfg.model.primary_rule == "vote"
-
-
-SMALL_XLSR = [
-    "model=xlsr53_random",
-    "model.config.hidden_size=32",
-    "model.config.num_hidden_layers=2",
-    "model.config.num_attention_heads=2",
-    "model.config.intermediate_size=64",
-    "model.config.conv_dim=[16,16,16,16,16,16,16]",
-    "model.config.num_conv_pos_embeddings=16",
-    "model.config.num_conv_pos_embedding_groups=4",
-    "model.config.layerdrop=0.5",
-]
 
 
 def test_the_recipe_network_recomputes_activations_with_layerdrop_and_a_frozen_feature_encoder(tmp_path):

@@ -17,8 +17,8 @@ from scipy.stats import binomtest
 from broadclass.metrics.errors import strip_tags
 from broadclass.report import main
 from broadclass.train import train
-from tests.conftest import OpenPage, compose_config, demo_overrides
-from tests.test_error_browser import page_json
+from tests.helpers.browser import OpenPage, page_json
+from tests.helpers.config import compose_config, demo_overrides
 
 CATEGORIES = ["male", "female", "whisper", "creaky"]
 
@@ -290,7 +290,7 @@ def test_card_of_a_run_by_seconds_names_the_seconds_not_the_unused_row_count(tmp
     from omegaconf import OmegaConf
 
     from broadclass.tracking.run_card import RunRecord, _hyperparameters
-    from tests.conftest import compose_config
+    from tests.helpers.config import compose_config
 
     overrides = ["+experiment=demo", "data.batch_seconds=60", "data.batch_quadratic_duration=20"]
     config = OmegaConf.to_container(compose_config(tmp_path, overrides), resolve=True)

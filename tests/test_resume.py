@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from subprocess import STDOUT
 
-import mlflow
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -22,21 +19,9 @@ from broadclass.data.datamodule import LengthBucketBatchSampler
 from broadclass.train import train
 from broadclass.training.resumable_state import BestAndLastCheckpoint
 from broadclass.training.resume import FINISHED_FILE, find_resume_point, run_dir
-from tests.conftest import TEST_MODEL
-
-REPO = Path(__file__).resolve().parents[1]
-STEPS = [
-    "trainer.max_steps=16",
-    "val_every_n_optimizer_steps=8",
-    "checkpoint_every_n_optimizer_steps=5",
-    "trainer.log_every_n_steps=1",
-    # Bit-for-bit on CPU: deterministic kernels, fp32.
-    "trainer.deterministic=true",
-    "trainer.precision=32-true",
-    "test_after_fit=false",
-    "~callbacks.export_model",
-    "~callbacks.model_card",
-]
+from tests.helpers.config import TEST_MODEL
+from tests.helpers.processes import REPO, environment
+from tests.helpers.resume import STEPS, histories, last_logged_step
 
 
 def command(root: Path, corpus: dict[str, Path]) -> list[str]:
@@ -54,41 +39,6 @@ def command(root: Path, corpus: dict[str, Path]) -> list[str]:
         *TEST_MODEL,
         *STEPS,
     ]
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def last_logged_step(db: Path) -> int:
-    """The highest train/loss step in a live SQLite store (read-only; -1 while there is none)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            row = con.execute("SELECT max(step) FROM metrics WHERE key = 'train/loss'").fetchone()
-    except sqlite3.Error:  # not made yet, or locked by the writer
-        return -1
-    return -1 if row[0] is None else int(row[0])
-
-
-def histories(root: Path, experiment: str = "demo") -> tuple[list, dict[str, list[tuple[int, float]]]]:
-    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    run_id = runs[0].info.run_id
-    return runs, {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in runs[0].data.metrics
-    }
-
-
-class CrashAt(pl.Callback):
-    """Raises at the start of an optimizer step: a crash between two checkpoints."""
-
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
-            raise RuntimeError(f"crash at step {self.at_step}")
 
 
 @pytest.fixture
@@ -153,7 +103,7 @@ def test_a_run_resumed_in_process_continues_where_it_stopped(train_config, tmp_p
     batches by seconds too (9 s: 11 batches an epoch of the small corpus against 6 of 8 rows)."""
     steps = [s for s in STEPS if not s.startswith(("trainer.max_steps", "val_every"))]
     overrides = [*steps, *batching, "trainer.max_steps=9", "val_every_n_optimizer_steps=9"]
-    crash = ["+callbacks.crash._target_=tests.test_resume.CrashAt"]
+    crash = ["+callbacks.crash._target_=tests.helpers.resume.CrashAt"]
     cfg = train_config(*overrides, *crash, "+callbacks.crash.at_step=7")
     with pytest.raises(RuntimeError, match="crash at step 7"):
         train(cfg)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from broadclass.data.labels import LabelMap
-from tests.conftest import TEST_MODEL, compose_config
+from tests.helpers.config import TEST_MODEL, compose_config
 
 
 def learning_rates(tmp_path, total: int, warmup: int) -> tuple[list[float], float, torch.optim.Optimizer]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,13 +20,12 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.conftest import SHORT_RUN, TEST_MODEL
-from tests.test_ddp import SHARED as DDP_SHARED
-from tests.test_ddp import assert_single_process_report, ddp_command
-from tests.test_mlflow_server import MlflowServer
-from tests.test_resume import REPO, environment
-from tests.test_resume import STEPS as RESUME_STEPS
-from tests.test_sweep import DEMO_CATEGORIES, prepare_demo_sets
+from tests.helpers.config import SHORT_RUN, TEST_MODEL
+from tests.helpers.ddp import SHARED as DDP_SHARED
+from tests.helpers.ddp import assert_single_process_report, ddp_command
+from tests.helpers.processes import REPO, environment
+from tests.helpers.resume import STEPS as RESUME_STEPS
+from tests.helpers.sweeps import DEMO_CATEGORIES, prepare_demo_sets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a limit for hangs, several times their duration
 
@@ -100,16 +98,6 @@ def runs_named(client: mlflow.MlflowClient, experiment: str, names: list[str]) -
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id]) if found else []
     return {r.info.run_name: r for r in runs if r.info.run_name in names}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, empty_mlflow_db):
-    folder = tmp_path_factory.mktemp("slurm-mlflow")
-    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
-    server = MlflowServer(folder, folder / "mlflow.db")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_sweep_over_three_sets_is_three_slurm_jobs_on_one_server_and_compares_as_mean_and_std(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,94 +12,14 @@ import yaml
 from mlflow.entities import Param, Run, RunData, RunInfo
 
 from broadclass.compare import CompareArguments, print_comparison
-from broadclass.data.manifest import read_manifest, write_manifest
-from broadclass.data.sets import prepare_sets
 from broadclass.tracking import compare
-from tests.conftest import SHORT_RUN, compose_config
-
-DEMO_CATEGORIES = (
-    "data.categories=[{name: male, tag: m}, {name: female, tag: f}, {name: whisper, tag: w}, {name: creaky, tag: c}]"
-)
-
-
-def multirun(root: Path, *overrides: str) -> Path:
-    """``python -m broadclass.train -m ...`` with everything under ``root``; returns the sweep folder.
-
-    That is the folder where the sweeper writes its record (``multirun.yaml``; Optuna's
-    ``optimization_results.yaml``): the one Hydra prints, named after the base config's experiment.
-    """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "broadclass.train", "-m", f"paths.root_dir={root}", *overrides],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    names = ("multirun.yaml", "optimization_results.yaml")
-    records = [path for name in names for path in root.glob(f"outputs/*/multiruns/*/{name}")]
-    assert len(records) == 1, records
-    return records[0].parent
-
-
-def demo_multirun(root: Path, corpus: dict[str, Path], *overrides: str) -> Path:
-    """A multirun of the demo experiment on the tests' small corpus (manifests given, none made)."""
-    return multirun(
-        root,
-        "+experiment=demo",
-        f"data.train_manifest={corpus['train']}",
-        f"data.val_manifest={corpus['validation']}",
-        "data.manifests_from=null",
-        *overrides,
-    )
+from tests.helpers.config import SHORT_RUN, compose_config
+from tests.helpers.sweeps import demo_multirun
 
 
 def runs_of(root: Path, experiment: str) -> list:
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["tags.`sweep/job`"])
-
-
-def prepare_demo_sets(root: Path, corpus: dict[str, Path], n_sets: int) -> Path:
-    """``n_sets`` cross-validation sets of 32 demo utterances in ``root/sets`` (``paths.sets_dir``)."""
-    rows = read_manifest(corpus["train"])[:32]  # 8 per category, several speakers each
-    write_manifest(
-        root / "corpus.jsonl", [{k: r[k] for k in ("audio_filepath", "phones", "category", "speaker")} for r in rows]
-    )
-    prepare_sets(root / "corpus.jsonl", root / "sets", n_sets=n_sets)
-    return root / "sets"
-
-
-_SET_SWEEP: dict[str, tuple[Path, Path]] = {}
-
-
-@pytest.fixture(scope="session")
-def set_sweep(tmp_path_factory, demo_corpus) -> tuple[Path, Path]:
-    """The reference recipe on 2 sets of 32 demo utterances, with the test model, as 2 parallel jobs.
-
-    Returns the project root and the sweep folder Hydra printed. test_notebook.py reads the same store;
-    the module-level cache makes one sweep serve both modules (the costly part: ~45 s of CPU).
-    """
-    if "sweep" in _SET_SWEEP:
-        return _SET_SWEEP["sweep"]
-    root = tmp_path_factory.mktemp("set-sweep")
-    prepare_demo_sets(root, demo_corpus, n_sets=2)
-    sweep = multirun(
-        root,
-        "+experiment=onSet1,onSet2",
-        "model=tiny",
-        "model.pretrained=null",
-        "trainer=cpu",
-        f"paths.sets_dir={root / 'sets'}",
-        DEMO_CATEGORIES,
-        "data.num_workers=0",
-        *SHORT_RUN,
-        "hydra/launcher=local",  # joblib, 2 processes
-    )
-    _SET_SWEEP["sweep"] = (root, sweep)
-    return root, sweep
 
 
 def test_every_job_of_a_parallel_sweep_is_one_mlflow_run_tagged_with_the_sweep(set_sweep):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.throughput import figures, main, matmul_flops_per_second, summarize, train_flops_per_audio_second
-from tests.conftest import TEST_MODEL
+from tests.helpers.config import TEST_MODEL
 
 
 def run(system: str, rep: int, step_seconds: float, val_seconds: float) -> dict:

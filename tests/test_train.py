@@ -21,10 +21,11 @@ from broadclass.data.check import DataCheckError
 from broadclass.model.encoder import build_network
 from broadclass.tracking.logger import BufferedMLFlowLogger
 from broadclass.train import train
-from tests.conftest import CONF_DIR, FitRecorder, compose_config
-from tests.test_resume import REPO
+from tests.helpers.config import CONF_DIR, compose_config
+from tests.helpers.processes import REPO
+from tests.helpers.runs import FitRecorder
 
-RECORDER = "+callbacks.recorder._target_=tests.conftest.FitRecorder"
+RECORDER = "+callbacks.recorder._target_=tests.helpers.runs.FitRecorder"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from broadclass.data.manifest import read_manifest, write_manifest
 from broadclass.train import train
-from tests.conftest import TrainedRun
+from tests.helpers.runs import TrainedRun
 
 # Logged as float32 by Lightning, as float64 by sklearn/jiwer.
 CLOSE = {"rel": 1e-6, "abs": 1e-6}

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from broadclass.model.encoder import is_checkpointing_activations
 from broadclass.model.optimization import loss_scaler
-from tests.conftest import compose_config
+from tests.helpers.config import compose_config
 
 # XLSR-53 at full size on a CPU: a limit for hangs, several times its duration on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
