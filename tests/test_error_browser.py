@@ -112,6 +112,15 @@ def test_the_logged_page_embeds_jiwers_alignment_sklearns_confusion_and_the_repo
     # The class matrix is the one the validation logged (summed over its per-category matrices).
     assert data["class_confusion"]["matrices"][0] == report["class_confusion"]["total"]["matrix"]
     assert data["class_confusion"]["rows"] == report["class_confusion"]["rows"]
+    # Each token's class number, which the page colours and filters by: its class tag's place, -1 for "|".
+    tags = data["class_tags"]
+
+    def numbers(tokens: list[str]) -> list[int]:
+        return [-1 if token == "|" else tags.index(token.rsplit("_", 1)[0]) for token in tokens]
+
+    for u in data["utterances"]:
+        assert u["reference_classes"] == numbers(u["reference"])
+        assert u["runs"][0]["hypothesis_classes"] == numbers(u["runs"][0]["hypothesis"])
     # 16 validation utterances, all within the default limits: all embedded, playable Ogg/Opus.
     assert all(u["audio"] for u in data["utterances"])
     assert "Nothing was left out" in data["audio_note"]
@@ -244,6 +253,19 @@ def test_the_page_filters_by_confusion_cells_plays_tokens_and_marks_jiwers_edits
     ]
     assert sorted(opened.shown_ids()) == sorted(expected) and expected
     page.click("#clear-cell")
+
+    # A class filter: the utterances with an edit (S, D or I) of that class in jiwer's alignment.
+    page.select_option("#filter-class", str(cell[0]))
+    expected = [
+        p["id"]
+        for p in predictions
+        if any(
+            r != c and cell[0] in (r, c)
+            for r, c in jiwer_class_cells(p["reference"].split(), p["hypothesis"].split(), tags)
+        )
+    ]
+    assert sorted(opened.shown_ids()) == sorted(expected) and expected
+    page.select_option("#filter-class", "")
 
     # The worst utterance with decoded tokens: its audio plays from a data URI, a token click seeks to its start,
     # and its alignment's marks are jiwer's.

@@ -342,6 +342,16 @@ def page_data(
                 "audio": None,
             }
         )
+    # Each token's broad class (its row in the class matrix; -1 for a word boundary), so the page reads no token.
+    number = {tag: c for c, tag in enumerate(vocabulary.class_tags)}
+
+    def class_numbers(tokens: Sequence[str]) -> list[int]:
+        return [number.get(split_token(token)[0], -1) for token in tokens]
+
+    for u in utterances:
+        u["reference_classes"] = class_numbers(u["reference"]) if referenced else None
+        for view in u["runs"]:
+            view["hypothesis_classes"] = class_numbers(view["hypothesis"])
     note = embed_audio(utterances, [u["audio_filepath"] for u in first], primary_rule, limits)
     k = len(vocabulary.categories)
     data = {
