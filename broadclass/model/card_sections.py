@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from broadclass.metrics import report_markdown
-from broadclass.reporting.markdown import markdown_table
+from broadclass.reporting.markdown import matrix_table
 
 TAGS = ["automatic-speech-recognition", "wav2vec2", "ctc", "broad-phonetic-classes", "broadclass"]
 
@@ -46,13 +46,6 @@ def transcription_sentence(classes: Mapping[str, str], categories: Sequence[Mapp
     )
 
 
-def confusion_markdown(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
-    """Rows are true categories, columns predicted ones."""
-    header = ["true \\ predicted", *names]
-    rows = [[f"**{name}**", *(int(n) for n in row)] for name, row in zip(names, matrix, strict=True)]
-    return markdown_table(header, rows, align="--:")
-
-
 def evaluation_section(title: str, report: Mapping[str, Any], artifacts: str | None = None) -> str:
     """One evaluation's ``report.json`` (an :class:`~broadclass.model.evaluation.EvaluationResult` summary):
     its loss, accuracy, WER and TER, the full report and the confusion matrix; ``artifacts``: its folder in a run."""
@@ -80,7 +73,7 @@ def evaluation_section(title: str, report: Mapping[str, Any], artifacts: str | N
         lines += [
             "Confusion matrix (rows: true category, columns: predicted):",
             "",
-            confusion_markdown(report["confusion"], names),
+            matrix_table("true \\ predicted", names, report["confusion"]),
         ]
     return "\n".join(lines)
 

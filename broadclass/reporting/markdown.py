@@ -16,5 +16,12 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def matrix_table(corner: str, names: Sequence[str], matrix: Iterable[Sequence[object]]) -> str:
+    """A square matrix (a confusion): ``corner`` heads the column of row names (``true \\ predicted``), the names
+    head the columns too; each row's name in bold, the counts right-aligned."""
+    rows = [[f"**{name}**", *row] for name, row in zip(names, matrix, strict=True)]
+    return markdown_table([corner, *names], rows, align=[":--"] + ["--:"] * len(names))
+
+
 def _row(cells: Sequence[object]) -> str:
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"

@@ -20,7 +20,7 @@ from broadclass.metrics.intervals import (
     paired_markdown,
     utterance_scores,
 )
-from broadclass.reporting.markdown import markdown_table
+from broadclass.reporting.markdown import markdown_table, matrix_table
 
 
 def parse_predictions(text: str) -> list[dict[str, Any]]:
@@ -65,7 +65,7 @@ def tag_table(report: Mapping[str, Any]) -> str:
     """Category tags of tokens whose class is right (rows: the utterance's category, columns: tag decoded)."""
     names = report["class_confusion"]["categories"]
     matrix = report["class_confusion"]["tag_confusion"]["total"]
-    return _table(["reference \\ decoded tag", *names], [[name, *row] for name, row in zip(names, matrix, strict=True)])
+    return matrix_table("reference \\ decoded tag", names, matrix)
 
 
 def error_analysis_markdown(report: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> str:
