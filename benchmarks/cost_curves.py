@@ -53,6 +53,16 @@ def rss_mib() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def build_module(model: str, work: Path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -229,7 +239,7 @@ def figure(result: dict, path: Path) -> None:
             axes[2].plot(xs, [p["batch_rss_mib"] for p in points], marker="o", label=label)
     for axis, title in zip(
         axes,
-        ("training (audio s per wall s)", "evaluation forward (audio s per wall s)", "peak RSS of the batch (MiB)"),
+        ("training (audio s per wall s)", "evaluation forward (audio s per wall s)", "peak RSS above the model (MiB)"),
         strict=True,
     ):
         axis.set_xscale("log")
@@ -266,7 +276,7 @@ def main() -> None:
     result = {
         "command": " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": args.threads,
         "load_average_before": os.getloadavg()[0],
         "network": [],
