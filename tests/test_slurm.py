@@ -211,11 +211,10 @@ def test_a_warned_job_and_a_requeued_job_resume_into_their_mlflow_runs_with_an_u
     # just after it, and the resume takes the newest: either is the warned step's state.
     assert (sweep / "0" / "checkpoints" / "requeue.ckpt").is_file()
     restored = re.escape(f"Restoring states from the checkpoint path at {sweep}/0/checkpoints/")
-    assert re.search(
-        restored + r"(requeue|latest)\.ckpt",
-        text,
-    )
-    assert f"Restoring states from the checkpoint path at {sweep}/1/checkpoints/latest.ckpt" in text
+    assert re.search(restored + r"(requeue|latest)\.ckpt", text), text[-4000:]
+    # The requeued job: from its own folder's checkpoints (the periodic latest.ckpt, or under load one written
+    # later by the same callbacks); which step it resumed from is what the histories below hold bit for bit.
+    assert f"Restoring states from the checkpoint path at {sweep}/1/checkpoints/" in text, text[-4000:]
 
     def history(run) -> dict[str, list[tuple[int, float]]]:
         return {
