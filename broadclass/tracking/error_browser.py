@@ -133,7 +133,7 @@ def from_evaluation(prediction: Mapping[str, Any], audio_filepath: str | None) -
 
 
 def from_predict(record: Mapping[str, Any], categories: Sequence[str]) -> dict[str, Any]:
-    """A ``predict`` record (``broadclass.predict.predict_batch``) in the page's terms."""
+    """A ``predict`` record (``BroadClassModule.transcribe``) in the page's terms."""
     reference = record.get("reference")
     return {
         "id": str(record["id"]),
