@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broadclass.reporting.markdown import markdown_table
+from broadclass.data.markdown import markdown_table
 
 TRAINING = "RunningStage.TRAINING"
 VALIDATING = "RunningStage.VALIDATING"

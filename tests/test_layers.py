@@ -1,5 +1,5 @@
-"""The package's layers import one way: entry points -> tracking -> training -> model -> metrics -> data ->
-reporting, and no modules import each other, also within a layer.
+"""The package's layers import one way: entry points -> tracking -> training -> model -> metrics -> data, and no
+modules import each other, also within a layer.
 
 Every import of a broadclass module inside broadclass/ counts, a lazy one inside a function too: a lazy import
 hides a dependency from the reader, it does not remove it.
@@ -19,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "broadclass"
 # Lowest first. A module may import its own layer and the layers below it. Modules directly in broadclass/
 # are the entry points: the top. config.py (resolvers and config checks, imported with the package) is the
-# foundation below every layer: it imports none of them. reporting (Markdown tables, figures) is the bottom layer,
-# so every layer writes its tables with it, data's set summaries too.
-LAYERS = ["reporting", "data", "metrics", "model", "training", "tracking"]
+# foundation below every layer: it imports none of them.
+LAYERS = ["data", "metrics", "model", "training", "tracking"]
 ENTRY = len(LAYERS)
 FOUNDATION = -1
 

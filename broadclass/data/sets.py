@@ -36,9 +36,9 @@ from broadclass.data.audio import AudioError, read_header
 from broadclass.data.hf_datasets import AUDIO_DIR, DatasetSource, is_datasets_source
 from broadclass.data.labels import LabelMap, UnknownPhoneError
 from broadclass.data.manifest import write_manifest, write_text_atomic
+from broadclass.data.markdown import markdown_table
 from broadclass.data.sources import CorpusError, load_category_map, parse_columns, raise_listed, read_table_source
 from broadclass.data.timit import read_timit_source
-from broadclass.reporting.markdown import markdown_table
 
 SPLITS = ("train", "validation", "test")
 TEST_FOLD = -1

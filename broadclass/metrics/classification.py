@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from broadclass.reporting.markdown import markdown_table
+from broadclass.data.markdown import markdown_table
 
 FIELDS = ("precision", "recall", "f1-score", "support")
 AVERAGES = ("macro avg", "weighted avg")

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from broadclass.data.markdown import markdown_table
 from broadclass.metrics.alignment import TokenIndex, align_tokens, alignment_counts
-from broadclass.reporting.markdown import markdown_table
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000

@@ -5,7 +5,7 @@ confusion matrix; those pieces need only what a checkpoint records (its metadata
 they are here, and :func:`checkpoint_card` is the whole card of a checkpoint exported without its run.
 ``broadclass.tracking.run_card`` builds a run's card from the same pieces and adds what only the run has
 (the config's hyperparameters, a row per validation, the error analysis, framework versions). Tables come
-from :mod:`broadclass.reporting.markdown`.
+from :mod:`broadclass.data.markdown`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from broadclass.data.markdown import matrix_table
 from broadclass.metrics import report_markdown
-from broadclass.reporting.markdown import matrix_table
 
 TAGS = ["automatic-speech-recognition", "wav2vec2", "ctc", "broad-phonetic-classes", "broadclass"]
 

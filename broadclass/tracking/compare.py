@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from broadclass.config import project_root
-from broadclass.reporting.markdown import markdown_table
+from broadclass.data.markdown import markdown_table
 from broadclass.tracking.store import default_tracking_uri
 
 DEFAULT_MONITOR = ("val/macro_avg/f1", "max")

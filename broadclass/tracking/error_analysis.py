@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from broadclass.data.markdown import markdown_table, matrix_table
 from broadclass.metrics.intervals import (
     UtteranceScores,
     bootstrap_intervals,
@@ -20,7 +21,6 @@ from broadclass.metrics.intervals import (
     paired_markdown,
     utterance_scores,
 )
-from broadclass.reporting.markdown import markdown_table, matrix_table
 
 
 def parse_predictions(text: str) -> list[dict[str, Any]]:

@@ -28,9 +28,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from broadclass.data.markdown import markdown_table
 from broadclass.metrics import category_keys
 from broadclass.model.card_sections import evaluation_section, front_matter, number, transcription_sentence
-from broadclass.reporting.markdown import markdown_table
 from broadclass.tracking.error_analysis import error_analysis_markdown, parse_predictions
 from broadclass.tracking.mlflow_run import mlflow_logger
 

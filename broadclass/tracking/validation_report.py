@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broadclass.model.evaluation import EvaluationResult
-from broadclass.reporting.figures import class_confusion_figure, confusion_figure, figure_image
+from broadclass.tracking.figures import class_confusion_figure, confusion_figure, figure_image
 from broadclass.tracking.mlflow_run import mlflow_logger
 
 

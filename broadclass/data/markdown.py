@@ -1,4 +1,5 @@
-"""Markdown tables: the one writer of the reports, model cards, set summaries and comparisons."""
+"""Markdown tables: the one writer of the reports, model cards, set summaries and comparisons (in the data layer,
+the lowest, so that the set summaries use it too)."""
 
 from __future__ import annotations
 
