@@ -139,7 +139,7 @@ class BroadClassModule(ScheduledAdamW):
         checkpoint, metadata = read_checkpoint(path)
         labels = labels_from_metadata(metadata, f"checkpoint {path}")
         settings = {**checkpoint["hyper_parameters"], "config": metadata["network"], **INFERENCE_SETTINGS}
-        module = cls._with_settings(labels, settings, metadata["sample_rate"])
+        module = cls._with_settings(labels, {**settings, "sample_rate": metadata["sample_rate"]})
         module.load_state_dict(checkpoint["state_dict"], strict=True)
         return TrainedModel(module.eval(), metadata, str(path))
 
@@ -152,18 +152,23 @@ class BroadClassModule(ScheduledAdamW):
         settings = {**metadata["hparams"], **INFERENCE_SETTINGS, "config": None, "category_head_weight": 0.0}
         if settings["primary_rule"] == "head":
             settings["primary_rule"] = "posterior"
-        module = cls._with_settings(labels, {**settings, "pretrained": str(folder)}, metadata["sample_rate"])
+        module = cls._with_settings(
+            labels, {**settings, "pretrained": str(folder), "sample_rate": metadata["sample_rate"]}
+        )
         return TrainedModel(module.eval(), metadata, str(folder), card)
 
     @classmethod
-    def _with_settings(cls, labels: LabelMap, settings: Mapping[str, Any], sample_rate: int) -> BroadClassModule:
-        names = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "labels")]
-        return cls(labels, **{name: settings[name] for name in names if name != "sample_rate"}, sample_rate=sample_rate)
+    def _setting_names(cls) -> list[str]:
+        """The constructor's arguments but the labels: what the ``model`` config gives."""
+        return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "labels")]
+
+    @classmethod
+    def _with_settings(cls, labels: LabelMap, settings: Mapping[str, Any]) -> BroadClassModule:
+        return cls(labels, **{name: settings[name] for name in cls._setting_names()})
 
     def training_settings(self) -> dict[str, Any]:
         """The constructor's arguments but the labels, as plain types (an export keeps them)."""
-        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "labels")]
-        return {name: self.hparams[name] for name in names}
+        return {name: self.hparams[name] for name in self._setting_names()}
 
     # ---- forward and loss ------------------------------------------------------------------------
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
