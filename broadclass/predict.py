@@ -7,8 +7,7 @@ manifest> [output=predictions.jsonl] [csv=true] [batch_size=8] [batch_seconds=..
 Audio of any sample rate and channel count is decoded to mono at the model's sample rate (as in training).
 Utterances are batched by length (longest first, so an out-of-memory error comes at once), ``batch_size`` to a
 batch or, with ``batch_seconds``, as many as keep rows x the longest's seconds within it; on the GPU when there
-is one. One
-JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
+is one. One JSON line per utterance: ``id``, ``audio_filepath``, ``duration`` (seconds of audio decoded),
 ``tokens`` (``v_m``, ``|``, ...), ``text`` (the tokens space-separated: what the exported model's
 transformers pipeline returns), ``classes`` (tokens without their category tag, ``|`` kept), ``segments``
 (each token with its ``start`` and ``end`` in seconds: from the first encoder frame of its greedy CTC run
