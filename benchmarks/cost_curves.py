@@ -63,12 +63,10 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def build_module(model: str, work: Path):
-    from hydra import compose, initialize_config_dir
+def build_module(cfg):
+    """The module ``train`` builds from the composed config ``cfg`` (the data's labels; no corpus is built)."""
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(ROOT / "broadclass" / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*MODELS[model], f"paths.root_dir={work}"])
     datamodule = instantiate(cfg.data, manifests_from=None)
     return instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
 
@@ -78,8 +76,10 @@ def network_point(model: str, seconds: float, batch: int, warmup: int, repeats: 
     import torch
 
     torch.manual_seed(0)
+    from benchmarks.config import compose_config
+
     with tempfile.TemporaryDirectory() as work:
-        module = build_module(model, Path(work))
+        module = build_module(compose_config([*MODELS[model], f"paths.root_dir={work}"]))
     base_rss = rss_mib()
     samples = int(seconds * RATE)
     audio = torch.randn(batch, samples)

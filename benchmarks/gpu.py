@@ -44,7 +44,7 @@ CHECK_FIGURES = {
 
 def demo_categories() -> str:
     """The demo corpus's categories as one Hydra override (conf/data/demo.yaml states them)."""
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
 
     categories = compose_config(["+experiment=demo"]).data.categories
     return "data.categories=[" + ",".join(f"{{name: {c.name}, tag: {c.tag}}}" for c in categories) + "]"
@@ -66,7 +66,7 @@ def save_full_size_xlsr53(folder: Path) -> Path:
     """XLSR-53's architecture with random weights, written as a pretrained folder (config + safetensors)."""
     from omegaconf import OmegaConf
 
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
     from broadclass.model.encoder import build_network
 
     cfg = compose_config(["model=xlsr53_random"])

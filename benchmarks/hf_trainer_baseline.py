@@ -30,8 +30,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from sklearn.metrics import classification_report
 from torch.utils.data import Dataset
 from transformers import (
@@ -47,6 +46,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import broadclass.config  # noqa: F401  (registers the resolvers our config uses)
+from benchmarks.config import compose_config
 from benchmarks.probe import Record
 from broadclass.data.audio import AudioCache
 from broadclass.data.labels import LabelMap
@@ -54,13 +54,7 @@ from broadclass.data.manifest import read_manifest
 from broadclass.model.decoding import vote
 from broadclass.model.encoder import build_network
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "broadclass" / "conf"
 PRECISION_FLAGS = {"16-mixed": {"fp16": True}, "bf16-mixed": {"bf16": True}, "32-true": {}, "32": {}}
-
-
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 class RecipeDataset(Dataset):

@@ -57,19 +57,17 @@ PIPELINE = textwrap.dedent(
 def random_demo_model(work: Path) -> Path:
     """The demo's network with random weights, exported (what ``model=`` loads)."""
     import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
+    from benchmarks.config import compose_config
+    from benchmarks.cost_curves import build_module
     from broadclass.model.exported_folder import export_model
     from broadclass.model.format import checkpoint_metadata
     from broadclass.model.module import TrainedModel
 
-    with initialize_config_dir(config_dir=str(ROOT / "broadclass" / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=demo", f"paths.root_dir={work}"])
-    datamodule = instantiate(cfg.data, manifests_from=None)
+    cfg = compose_config(["+experiment=demo", f"paths.root_dir={work}"])
     torch.manual_seed(cfg.seed)
-    module = instantiate(cfg.model, _partial_=True)(labels=datamodule.label_map)
-    metadata = checkpoint_metadata(datamodule.label_map, module.net.config, module.sample_rate)
+    module = build_module(cfg)
+    metadata = checkpoint_metadata(module.labels, module.net.config, module.sample_rate)
     return export_model(TrainedModel(module.eval(), metadata, "random init (+experiment=demo)"), work / "model")
 
 

@@ -77,7 +77,7 @@ def prepare_data(overrides: Sequence[str]) -> list[str]:
     """Build the corpus if needed, fill the audio cache, and pin both systems to its manifests."""
     from hydra.utils import instantiate
 
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
 
     cfg = compose_config(overrides)
     datamodule = instantiate(cfg.data)
@@ -210,7 +210,7 @@ def train_flops_per_audio_second(overrides: Sequence[str], seconds: float, batch
     from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
     from broadclass.data.labels import LabelMap
     from broadclass.model.encoder import build_network
 
@@ -235,7 +235,7 @@ def training_dtype(overrides: Sequence[str]):
     """The dtype training's matmuls run in under the config's ``trainer.precision`` (16-mixed is bf16 on a CPU)."""
     import torch
 
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
 
     precision = str(compose_config(overrides).trainer.precision)
     if precision.startswith("bf16"):

@@ -120,7 +120,7 @@ def test_the_training_flop_count_holds_the_feature_encoders_convolutions_forward
     from omegaconf import OmegaConf
     from transformers import AutoConfig
 
-    from benchmarks.hf_trainer_baseline import compose_config
+    from benchmarks.config import compose_config
 
     overrides = ["+experiment=demo", *demo_overrides(tmp_path, demo_corpus)]
     trained = train_flops_per_audio_second([*overrides, "model.freeze_feature_encoder=false"], 1.0, 2)
