@@ -1,13 +1,13 @@
 """A trained model as a standard HuggingFace folder (``python -m broadclass.export`` is its command line).
 
-The folder holds
-the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …: ``model.safetensors``) and
-``config.json`` (``id2label``/``label2id``), the feature extractor (``preprocessor_config.json``: the model's
-sample rate, normalised, an attention mask for layer-norm feature encoders, as transformers' own XLSR and wav2vec2-base
-folders do; ``broadclass.predict`` passes it for every layout and gives each utterance of a batch the
-output it gets alone), the tokenizer (``vocab.json``, ``tokenizer_config.json``),
-``broadclass.json`` (vocabulary, label config, categories, sample rate, the training settings, validation
-report: what ``broadclass.predict`` and ``model.pretrained=<folder>`` read) and a model card (``README.md``).
+The folder holds the CTC network's weights (``Wav2Vec2ForCTC``, ``Wav2Vec2ConformerForCTC``, …:
+``model.safetensors``) and ``config.json`` (``id2label``/``label2id``), the feature extractor
+(``preprocessor_config.json``: the model's sample rate, normalised, an attention mask for layer-norm feature
+encoders, as transformers' own XLSR and wav2vec2-base folders do; ``broadclass.predict`` passes it for every
+layout and gives each utterance of a batch the output it gets alone), the tokenizer (``vocab.json``,
+``tokenizer_config.json``), ``broadclass.json`` (vocabulary, label config, categories, sample rate, the training
+settings, validation report: what ``broadclass.predict`` and ``model.pretrained=<folder>`` read) and a model card
+(``README.md``).
 
 The tokenizer is a ``Wav2Vec2PhonemeCTCTokenizer`` over the same ``vocab.json`` a ``Wav2Vec2CTCTokenizer``
 would use, with phonemization off: ``Wav2Vec2CTCTokenizer`` joins the tokens of a word without a separator
