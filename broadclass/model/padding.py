@@ -73,11 +73,22 @@ def masked_group_norm(norm: nn.GroupNorm, frames: torch.Tensor, lengths: torch.T
     would run in (bf16 under CPU autocast, fp32 under CUDA autocast)."""
     weight, bias = (norm.weight, norm.bias) if norm.affine else (None, None)
     total = frames.shape[-1]
-    rows = []
-    # Split and joined, not sliced from the batch and written into a zero tensor row by row: the backward of
-    # either makes a whole batch's gradient once per row.
-    for row, length in zip(frames.split(1), lengths.tolist()):
-        length = min(max(int(length), 1), total)
-        normed = nn.functional.group_norm(row[..., :length], norm.num_groups, weight, bias, norm.eps)
-        rows.append(nn.functional.pad(normed, (0, total - length)))
-    return torch.cat(rows)
+    rows = zip(frames.split(1), lengths.tolist(), strict=True)
+
+    def normed(row: torch.Tensor, length: int) -> torch.Tensor:
+        return nn.functional.group_norm(row[..., : min(max(length, 1), total)], norm.num_groups, weight, bias, norm.eps)
+
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (frames, weight, bias)):
+        # Split and joined, not sliced from the batch and written into a zero tensor row by row: the backward of
+        # either makes a whole batch's gradient once per row.
+        return torch.cat([nn.functional.pad(y, (0, total - y.shape[-1])) for y in (normed(*r) for r in rows)])
+    # Nothing to differentiate (evaluation, predict, a frozen feature encoder): each row written into one output,
+    # so the batch is held once more, not three times (normed rows, padded rows, their join).
+    out = None
+    for index, row in enumerate(rows):
+        y = normed(*row)[0]
+        if out is None:
+            out = frames.new_empty(frames.shape, dtype=y.dtype)
+        out[index, :, : y.shape[-1]] = y
+        out[index, :, y.shape[-1] :] = 0
+    return out
