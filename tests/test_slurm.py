@@ -30,6 +30,13 @@ from tests.helpers.sweeps import DEMO_CATEGORIES, prepare_demo_sets
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a limit for hangs, several times their duration
 
 CLUSTER = REPO / "scripts" / "local-slurm.sh"
+# The preemption test's steps: the interruptions come after step 12, which MLflow shows a few steps late, so a run of
+# 16 fast steps could end before its job was warned or requeued (it did once, with Restarts 0).
+PREEMPTED_STEPS = 24
+PREEMPTED_RUN = [
+    *(o for o in RESUME_STEPS if not o.startswith("trainer.max_steps=")),
+    f"trainer.max_steps={PREEMPTED_STEPS}",
+]
 REQUIRED = bool(os.environ.get("CI")) or os.environ.get("BROADCLASS_REQUIRE_SLURM") == "1"
 # The SLURM launcher (conf/hydra/launcher/slurm.yaml) sized for this CPU-only cluster: one core per job.
 ON_LOCAL_CLUSTER = [
@@ -184,7 +191,7 @@ def test_a_warned_job_and_a_requeued_job_resume_into_their_mlflow_runs_with_an_u
         "data.manifests_from=null",
         "trainer.enable_progress_bar=false",
         *TEST_MODEL,
-        *RESUME_STEPS,
+        *PREEMPTED_RUN,
         f"run_name={','.join(names)}",
     )
     client = mlflow.MlflowClient(server.uri)
@@ -223,7 +230,7 @@ def test_a_warned_job_and_a_requeued_job_resume_into_their_mlflow_runs_with_an_u
         }
 
     reference = history(runs["uninterrupted"])
-    assert [s for s, _ in reference["train/loss"]] == list(range(16))
+    assert [s for s, _ in reference["train/loss"]] == list(range(PREEMPTED_STEPS))
     for name in ("warned", "requeued"):
         assert runs[name].info.status == "FINISHED"
         resumed = history(runs[name])
