@@ -138,15 +138,14 @@ def dropped_for_time(variant: Variant, elapsed_s: float, cost: RunCost, budget_s
 
 def recipe_batch_seconds(shared: list[str]) -> float:
     """The recipe's batch size times the training set's median utterance length: batches by seconds that hold,
-    on average, what the recipe's batches of rows hold."""
-    from hydra.utils import instantiate
-
+    on average, what the recipe's batches of rows hold. Read from the pinned training manifest's durations (which
+    ``broadclass.prepare`` writes): the data was checked once already, by ``prepare_data``."""
     from benchmarks.config import compose_config
+    from broadclass.data.manifest import read_manifest
 
-    cfg = compose_config(shared)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    return round(int(cfg.data.batch_size) * statistics.median(datamodule.datasets["train"].durations), 1)
+    data = compose_config(shared).data
+    durations = [row["duration"] for row in read_manifest(data.train_manifest, required=("duration",))]
+    return round(int(data.batch_size) * statistics.median(durations), 1)
 
 
 def variants_table(results: dict[str, dict]) -> str:
