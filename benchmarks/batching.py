@@ -34,7 +34,8 @@ MAX_PARTS = 9
 
 
 def spread_corpus(work: Path, n_train: int, n_val: int, seed: int = 0) -> dict[str, Path]:
-    """The demo corpus's utterances joined, one category at a time, into utterances of 1-15 s."""
+    """The demo corpus's utterances joined, 1-9 of one category at a time, into longer utterances (0.7-19 s for
+    the default 800)."""
     from hydra.utils import instantiate
 
     datamodule = instantiate(compose_config(["+experiment=demo", f"paths.root_dir={work}"]).data)

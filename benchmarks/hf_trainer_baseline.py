@@ -45,7 +45,6 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-import broadclass.config  # noqa: F401  (registers the resolvers our config uses)
 from benchmarks.config import compose_config
 from benchmarks.probe import Record
 from broadclass.data.audio import AudioCache

@@ -3,14 +3,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.throughput import figures, main, matmul_flops_per_second, summarize, train_flops_per_audio_second
 from tests.helpers.config import TEST_MODEL
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.processes import REPO
 
 
 def run(system: str, rep: int, step_seconds: float, val_seconds: float) -> dict:
@@ -81,7 +79,7 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
     overrides = demo_overrides(tmp_path, demo_corpus)
     # As `make bench` runs it: its own interpreter, which has registered none of the config's resolvers.
     args = ["--steps=3", "--warmup=1", "--reps=1", f"--out={out}", f"--work={tmp_path / 'work'}", "--", *overrides]
-    subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args], cwd=REPO, check=True)
     result = json.loads(out.read_text())
     assert {run["system"] for run in result["runs"]} == {"ours", "theirs"}
     # Both trained the asked-for steps and validated the whole validation set.
