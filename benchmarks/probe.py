@@ -11,6 +11,7 @@ adds no per-step host sync to either system.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,4 +114,6 @@ class Record:
         if torch.cuda.is_available():
             self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
         record = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        # the oneDNN kernels this process kept (None: oneDNN's default), for the comparison's record
+        record["onednn_kernel_cache"] = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
         Path(out).write_text(json.dumps(record, indent=1))

@@ -15,6 +15,11 @@ whatever the training precision (``BroadClassModule.infer``: one utterance, one 
 HF Trainer under the training precision's autocast (``bf16=True``/``fp16=True``). Training is at the same
 precision in both.
 
+On a CPU each system runs with the kernel cache it ships with: ours with the 8,192 oneDNN kernels that importing
+``broadclass`` sets (its batches are padded to a grid of lengths, so their shapes repeat and stay cached), theirs
+with oneDNN's default 1,024, as the HF recipe runs. ``--theirs-kernel-cache 8192`` runs theirs with ours:
+faster too, and its memory grows with every new batch length it meets (experiments/throughput/README.md).
+
 Measured from each process's own record (``benchmarks/probe.py``):
 
 * training throughput: real audio seconds trained on per wall second, and wall seconds per optimizer
@@ -129,12 +134,28 @@ def command(system: str, shared: list[str], work: Path, rep: int, warmup: int, s
     ]
 
 
-def launch(system: str, cmd: list[str], work: Path, rep: int, threads: int | None) -> dict:
+# oneDNN's own default size of its kernel cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY), which the HF recipe runs with.
+ONEDNN_DEFAULT_KERNEL_CACHE = 1024
+
+
+def launch(
+    system: str,
+    cmd: list[str],
+    work: Path,
+    rep: int,
+    threads: int | None,
+    theirs_kernel_cache: int = ONEDNN_DEFAULT_KERNEL_CACHE,
+) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if system == "theirs":
-        env.update(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'theirs-mlflow.db'}", MLFLOW_EXPERIMENT_NAME="hf-baseline")
+        env.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{work / 'theirs-mlflow.db'}",
+            MLFLOW_EXPERIMENT_NAME="hf-baseline",
+            # Set, so that the baseline's import of broadclass (for the config) does not give it ours.
+            ONEDNN_PRIMITIVE_CACHE_CAPACITY=str(theirs_kernel_cache),
+        )
     log = work / f"{system}-{rep}.log"
     load = os.getloadavg()[0]
     start = time.time()
@@ -365,7 +386,14 @@ def table(summary: dict[str, dict]) -> str:
 
 
 def compare(
-    shared: list[str], work: Path, reps: int, warmup: int, steps: int, threads: int | None, systems: list[str]
+    shared: list[str],
+    work: Path,
+    reps: int,
+    warmup: int,
+    steps: int,
+    threads: int | None,
+    systems: list[str],
+    theirs_kernel_cache: int = ONEDNN_DEFAULT_KERNEL_CACHE,
 ) -> dict:
     """Each system's runs, alternating order per repetition, and their summary (medians, ratios)."""
     runs = []
@@ -373,7 +401,9 @@ def compare(
         order = systems if rep % 2 == 0 else systems[::-1]
         for system in order:
             print(f"[bench] rep {rep + 1}/{reps}: {system} ...", flush=True)
-            run = launch(system, command(system, shared, work, rep, warmup, steps), work, rep, threads)
+            run = launch(
+                system, command(system, shared, work, rep, warmup, steps), work, rep, threads, theirs_kernel_cache
+            )
             run["figures"] = figures(run)
             f = run["figures"]
             print(
@@ -459,6 +489,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--systems", default="ours,theirs", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--theirs-kernel-cache",
+        type=int,
+        default=ONEDNN_DEFAULT_KERNEL_CACHE,
+        help="oneDNN kernels the HF Trainer's process keeps (default: oneDNN's own 1,024, as the recipe runs; "
+        "8192: ours)",
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="the card's dense fp16 peak, for MFU beside the matmul's"
     )
     parser.add_argument(
@@ -490,7 +527,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.profile:
         profile(args, shared, work)
         return
-    result = compare(shared, work, args.reps, args.warmup, args.steps, args.threads, args.systems.split(","))
+    result = compare(
+        shared,
+        work,
+        args.reps,
+        args.warmup,
+        args.steps,
+        args.threads,
+        args.systems.split(","),
+        args.theirs_kernel_cache,
+    )
     result.update(
         command=" ".join([Path(sys.executable).name, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
         date_utc=stamp,
@@ -500,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "warmup": args.warmup,
             "reps": args.reps,
             "threads": args.threads,
+            "theirs_kernel_cache": args.theirs_kernel_cache,
+            # what importing broadclass (prepare_data did) set, or the environment had
+            "ours_kernel_cache": int(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]),
             "overrides": shared,
         },
         work_dir=str(work),

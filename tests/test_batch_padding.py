@@ -1,5 +1,9 @@
 """Batch lengths rounded up to a few lengths per octave, so that batch shapes repeat (CPU kernel reuse)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hydra.errors import InstantiationException
@@ -7,6 +11,27 @@ from hydra.utils import instantiate
 
 from broadclass.data.datamodule import collate, padded_length
 from tests.helpers.config import compose_config, demo_overrides
+from tests.helpers.processes import REPO
+
+KERNEL_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def kernel_cache_after_import(environment_value: str | None) -> str:
+    """The oneDNN kernel cache a fresh interpreter has after ``import broadclass``."""
+    env = {k: v for k, v in os.environ.items() if k != KERNEL_CACHE}
+    if environment_value is not None:
+        env[KERNEL_CACHE] = environment_value
+    code = f"import os, broadclass; print(os.environ['{KERNEL_CACHE}'])"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_importing_broadclass_keeps_the_kernels_of_every_padded_shape_and_a_users_own_setting():
+    # oneDNN keeps 1,024 kernels by default: fewer than the padded grid's training and evaluation shapes need, so
+    # the grid's shapes were rebuilt again and again (experiments/throughput/README.md).
+    assert int(kernel_cache_after_import(None)) == 8192
+    assert kernel_cache_after_import("2048") == "2048"
 
 
 def item(n_samples: int) -> dict:

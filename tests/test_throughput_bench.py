@@ -87,6 +87,10 @@ def test_benchmark_runs_both_systems_and_writes_the_comparison(tmp_path, demo_co
         assert len(r["record"]["step_end"]) == 3
         assert r["record"]["validations"][0]["utterances"] == 16
     assert result["summary"]["train_audio_s_per_s"]["ratio"]["median"] > 0
+    # Each process kept the CPU kernels it ships with: ours what importing broadclass sets, the HF recipe oneDNN's
+    # default (its import of broadclass for the config must not give it ours).
+    kernels = {r["system"]: r["record"]["onednn_kernel_cache"] for r in result["runs"]}
+    assert kernels == {"ours": "8192", "theirs": "1024"}
     mfu = result["mfu"]
     assert mfu["matmul"]["dtype"] == "bfloat16" and mfu["matmul"]["flops_per_s"] > 0
     for system in ("ours", "theirs"):
