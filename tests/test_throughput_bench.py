@@ -11,21 +11,22 @@ from tests.helpers.config import TEST_MODEL
 from tests.helpers.processes import REPO
 
 
-def run(system: str, rep: int, step_seconds: float, val_seconds: float) -> dict:
-    """A record of 4 steps of 10 audio-seconds each, validating 50 utterances after step 2."""
+def run(system: str, rep: int, step_seconds: float, val_seconds: float, last_val_seconds: float = 1.0) -> dict:
+    """A record of 4 steps of 10 audio-seconds each, validating 50 utterances after step 2 and after step 4."""
     ends = [100 + step_seconds * k for k in (1, 2)]
     ends += [ends[-1] + val_seconds + step_seconds * k for k in (1, 2)]
     cpu = [0.5 * k for k in range(1, 5)]
     validation = {"start": ends[1], "end": ends[1] + val_seconds, "utterances": 50, "cpu_s": 0.25}
+    last = {"start": ends[-1], "end": ends[-1] + last_val_seconds, "utterances": 50, "cpu_s": 0.1}
     record = {
         "warmup_steps": 1,
         "steps": 4,
         "fit_start": 99.0,
-        "fit_end": ends[-1] + 1,
+        "fit_end": ends[-1] + last_val_seconds + 1,
         "step_end": ends,
         "step_cpu": cpu,
         "step_audio_s": [10.0] * 4,
-        "validations": [validation],
+        "validations": [validation, last],
         "peak_rss_mb": 100.0,
         "peak_rss_mb_training": 90.0,
         "peak_rss_mb_validation": 95.0,
@@ -35,11 +36,14 @@ def run(system: str, rep: int, step_seconds: float, val_seconds: float) -> dict:
 
 
 def test_throughput_window_leaves_out_warm_up_steps_and_validation_time():
-    f = figures(run("ours", 0, step_seconds=2.0, val_seconds=5.0))
+    f = figures(run("ours", 0, step_seconds=2.0, val_seconds=5.0, last_val_seconds=2.5))
     # Steps 2..4 (3 steps, 30 audio-s) took 3 x 2 s of training; the 5 s validation in between is not training.
     assert f["train_s_per_step"] == pytest.approx(2.0)
     assert f["train_audio_s_per_s"] == pytest.approx(5.0)
-    assert f["val_s_per_100_utts"] == pytest.approx(10.0)
+    # The validation figure is the last validation's (50 utterances in 2.5 s), the first's given beside it.
+    assert f["val_s_per_100_utts"] == pytest.approx(5.0)
+    assert f["val_first_s_per_100_utts"] == pytest.approx(10.0)
+    assert f["val_cpu_s_per_100_utts"] == pytest.approx(0.2)
     assert f["train_cpu_s_per_step"] == pytest.approx((1.5 - 0.25) / 3)
     assert f["startup_s"] == pytest.approx(9.0)
 
