@@ -25,9 +25,11 @@ import base64
 import html
 import io
 import json
+import os
 import random
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -238,28 +240,36 @@ def embed_audio(
     n_worst = min(len(with_audio), round(limits.max_audio_utterances * limits.worst_share))
     worst, rest = with_audio[:n_worst], with_audio[n_worst:]
     sample = random.Random(limits.seed).sample(rest, min(len(rest), limits.max_audio_utterances - n_worst))
-    used, embedded, over_bytes, unreadable, excerpts = 0, [], 0, 0, 0
-    for k in [*worst, *sample]:
+    candidates = [*worst, *sample]
+
+    def prepared(k: int) -> dict[str, Any] | None:
+        """The utterance's page audio (its excerpt around the first error), or None when it cannot be read."""
         try:
             wave = decode(audio_paths[k], PAGE_AUDIO_RATE)
         except AudioError:
+            return None
+        duration = len(wave) / PAGE_AUDIO_RATE
+        start, end = excerpt_window(utterances[k]["runs"][0], duration, limits.excerpt_seconds)
+        part = wave[int(round(start * PAGE_AUDIO_RATE)) : int(round(end * PAGE_AUDIO_RATE))]
+        audio = {"src": encode_audio(part), "start": round(start, 4), "end": round(end, 4)}
+        return {**audio, "wave": envelope(part, limits.waveform_points), "excerpt": end - start < duration}
+
+    # Decoded and encoded on every core (libsndfile and soxr leave Python's lock while they work): the demo's 100
+    # utterances take 2.6 s instead of 5.0 on 2 cores. In order, so the byte limit keeps the same ones.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        audios = list(pool.map(prepared, candidates))
+    used, embedded, over_bytes, unreadable, excerpts = 0, [], 0, 0, 0
+    for k, audio in zip(candidates, audios, strict=True):
+        if audio is None:
             unreadable += 1
             continue
-        start, end = excerpt_window(utterances[k]["runs"][0], len(wave) / PAGE_AUDIO_RATE, limits.excerpt_seconds)
-        part = wave[int(round(start * PAGE_AUDIO_RATE)) : int(round(end * PAGE_AUDIO_RATE))]
-        source = encode_audio(part)
-        if used + len(source) > limits.max_audio_bytes:
+        if used + len(audio["src"]) > limits.max_audio_bytes:
             over_bytes += 1
             continue
-        used += len(source)
-        excerpts += end - start < len(wave) / PAGE_AUDIO_RATE
+        used += len(audio["src"])
+        excerpts += audio.pop("excerpt")
         embedded.append(k)
-        utterances[k]["audio"] = {
-            "src": source,
-            "start": round(start, 4),
-            "end": round(end, 4),
-            "wave": envelope(part, limits.waveform_points),
-        }
+        utterances[k]["audio"] = audio
     n_sampled = len(set(embedded) - set(worst))
     total, missing = len(utterances), len(utterances) - len(with_audio)
     note = (
