@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,7 +26,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.throughput import ROOT, machine
+
 RATE = 16_000
 FIRST_LENGTH_S = 1.5
 FRAME = 320  # samples: the feature encoder's stride, 20 ms
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "command": " ".join(["python", "-m", "benchmarks.kernel_cache", *(argv or sys.argv[1:])]),
         "date_utc": datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "load_avg_1min": os.getloadavg()[0],
         "points": points,
     }
