@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,7 +17,7 @@ from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
 from broadclass import send_spool
 from broadclass.tracking import spool as spool_upload
-from broadclass.tracking.mlflow_run import mlflow_logger
+from broadclass.tracking.mlflow_run import EXPERIMENT_KIND_TAG, MODEL_TRAINING, ensure_experiment, mlflow_logger
 from broadclass.tracking.store import PROBE_TIMEOUT_S, TrackingServerUnreachable
 from broadclass.train import train
 from tests.helpers.mlflow_server import SHORT, MlflowServer, free_port
@@ -37,6 +39,28 @@ def test_training_logs_to_a_real_server_over_http(server, train_config, monkeypa
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2, 3]
     assert "val/step_000004/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "val/step_000004")}
+
+
+def test_parallel_jobs_find_one_experiment_marked_for_model_training(server):
+    """The jobs of a SLURM sweep start together and each makes sure of the experiment; on one server they
+    raced to insert its kind tag (CI: UNIQUE constraint failed: experiment_tags.key). 16 jobs at once, on a
+    new experiment and on one made elsewhere without the tag, a few times, since a race is a matter of luck:
+    the store's check-then-insert, repeated the same way by hand, failed ~1 time in 32 here."""
+    client = mlflow.MlflowClient(server.uri)
+    untagged = [client.create_experiment(f"made elsewhere {trial}") for trial in range(4)]
+    for trial, made_elsewhere in enumerate(untagged):
+        for name in (f"sweep {trial}", f"made elsewhere {trial}"):
+            start = threading.Barrier(16)
+
+            def job(name=name, start=start) -> str:
+                start.wait()
+                return ensure_experiment({"tracking_uri": server.uri, "experiment_name": name})
+
+            with ThreadPoolExecutor(16) as pool:
+                ids = [future.result() for future in [pool.submit(job) for _ in range(16)]]
+            assert len(set(ids)) == 1, ids
+            assert client.get_experiment(ids[0]).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+        assert ids[0] == made_elsewhere
 
 
 def test_an_unreachable_server_stops_the_run_within_seconds(train_config, monkeypatch):

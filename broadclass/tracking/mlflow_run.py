@@ -30,16 +30,21 @@ def mlflow_logger(loggers: Iterable[Logger] | Logger | None) -> MLFlowLogger | N
 
 
 def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
-    """The experiment's id, created first where it does not exist; call before building the loggers.
+    """The experiment's id, created first where it does not exist and marked as a model-training one where
+    nothing marked it yet; call before building the loggers.
 
     The jobs of a parallel sweep (joblib, submitit, SLURM) start together and would race to create it:
 
     * on a new SQLite store each would also run MLflow's schema migrations at once, which fails and can leave
       the store half-migrated: a lock file beside the database lets one job create it, the others find it;
     * on a tracking server, the jobs that lose the race get ``RESOURCE_ALREADY_EXISTS`` and read it instead.
+      The mark is written with the experiment, in the same request: written afterwards, two jobs that both
+      saw it missing would both insert it, and the second insert fails (a UNIQUE constraint of the store).
+      An experiment made elsewhere without the mark gets it from the first job; a job that loses that race
+      reads the mark the winner wrote.
     """
     from mlflow import MlflowClient
-    from mlflow.exceptions import RestException
+    from mlflow.exceptions import MlflowException, RestException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     uri, name = logger_cfg["tracking_uri"], logger_cfg["experiment_name"]
@@ -47,14 +52,24 @@ def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
     def get_or_create() -> str:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=logger_cfg.get("artifact_location"))
-        except RestException as err:
-            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-            return client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            try:
+                return client.create_experiment(
+                    name,
+                    artifact_location=logger_cfg.get("artifact_location"),
+                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
+                )
+            except RestException as err:
+                if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = client.get_experiment_by_name(name)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            try:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            except MlflowException:
+                if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
+                    raise
+        return experiment.experiment_id
 
     if not uri.startswith("sqlite:///"):
         with server_access(uri, f"use experiment {name!r}"):
@@ -104,7 +119,7 @@ def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap | None
     labels), run tags.
 
     The param ``metrics/categories`` lists the categories' names in metric keys (``val/<name>/f1``) in id
-    order; the experiment is marked as a model-training one when nothing marked it yet.
+    order.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
@@ -114,9 +129,6 @@ def log_run_setup(logger: MLFlowLogger, cfg: DictConfig, labels: LabelMap | None
         params["metrics/categories"] = json.dumps(category_keys(labels.category_names), ensure_ascii=False)
     logger.log_hyperparams(params)
     client, run_id = logger.experiment, logger.run_id
-    experiment = client.get_experiment(logger.experiment_id)
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(logger.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     tags = {**{k: str(v) for k, v in locations.items()}, **tags}
     client.log_text(run_id, OmegaConf.to_yaml(resolved), "config/config.yaml")
     if labels is not None:
