@@ -258,16 +258,26 @@ class SpoolingClient:
             lambda path: path.write_text(text, encoding="utf-8"),
         )
 
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str, *, save_kwargs: dict | None = None) -> None:
-        self._log_file(
-            run_id,
-            artifact_file,
-            lambda: self._client.log_figure(run_id, figure, artifact_file, save_kwargs=save_kwargs),
-            lambda path: figure.savefig(path, **(save_kwargs or {})),
-        )
-
-    def log_image(self, run_id: str, image: Any, *, key: str, step: int = 0, timestamp: int | None = None) -> None:
-        """An image with a key and step (the chart view's image with a step slider)."""
+    def log_image(
+        self,
+        run_id: str,
+        image: Any,
+        artifact_file: str | None = None,
+        *,
+        key: str | None = None,
+        step: int = 0,
+        timestamp: int | None = None,
+    ) -> None:
+        """A ``PIL.Image``, as MLflow's ``log_image`` takes it: either a file among the artifacts
+        (``artifact_file``), or an image with a key and step (the chart view's image with a step slider)."""
+        if artifact_file is not None:
+            self._log_file(
+                run_id,
+                artifact_file,
+                lambda: self._client.log_image(run_id, image, artifact_file=artifact_file),
+                lambda path: image.save(path),
+            )
+            return
         timestamp = timestamp or int(time.time() * 1000)
         self._write(
             {"run_id": run_id, "op": "image", "key": key, "step": step, "timestamp": timestamp},
