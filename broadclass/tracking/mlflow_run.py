@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger
 
 from broadclass.data.labels import LabelMap
 from broadclass.metrics import category_keys
-from broadclass.tracking.store import server_access
+from broadclass.tracking.store import refusal, server_access
 
 # The experiment tag that makes the UI open an experiment in its "Model training" view, not the GenAI one.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -41,7 +41,7 @@ def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
       The mark is written with the experiment, in the same request: written afterwards, two jobs that both
       saw it missing would both insert it, and the second insert fails (a UNIQUE constraint of the store).
       An experiment made elsewhere without the mark gets it from the first job; a job that loses that race
-      reads the mark the winner wrote.
+      reads the mark the winner wrote. A user who may only read the experiment leaves it unmarked.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException, RestException
@@ -66,8 +66,13 @@ def ensure_experiment(logger_cfg: Mapping[str, Any]) -> str:
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             try:
                 client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
-            except MlflowException:
-                if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
+            except MlflowException as err:
+                # Refused: a user who may not edit the experiment may not create runs in it either, and creating
+                # the run says so in those words. Otherwise another job marked it first, or the error stands.
+                if (
+                    refusal(err) is None
+                    and EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags
+                ):
                     raise
         return experiment.experiment_id
 
